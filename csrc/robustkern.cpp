@@ -1,0 +1,32 @@
+// The robustkern op library: schemas (TORCH_LIBRARY) and the tiny pybind11 module `_C`.
+// Kernels register per device in csrc/cpu/*.cpp and csrc/cuda/*.cu.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(robustkern, m) {
+  // Projected gradient steps, in place on x_adv. alpha/eps: the float, or one value per sample
+  // when the *_per_sample tensor (1-D, length N) is given. Non-finite grad entries count as 0.
+  m.def(
+      "linf_step_(Tensor(a!) x_adv, Tensor x_nat, Tensor grad, float alpha, float eps, "
+      "Tensor? alpha_per_sample, Tensor? eps_per_sample, float lo, float hi) -> ()");
+  m.def(
+      "l2_step_(Tensor(a!) x_adv, Tensor x_nat, Tensor grad, float alpha, float eps, "
+      "Tensor? alpha_per_sample, Tensor? eps_per_sample, float lo, float hi) -> ()");
+  m.def(
+      "linf_project_(Tensor(a!) x_adv, Tensor x_nat, float eps, Tensor? eps_per_sample, "
+      "float lo, float hi) -> ()");
+  m.def(
+      "l2_project_(Tensor(a!) x_adv, Tensor x_nat, float eps, Tensor? eps_per_sample, "
+      "float lo, float hi) -> ()");
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "robustkern's compiled ops (registered as torch.ops.robustkern.*)";
+  m.def("compiled_with_cuda", [] {
+#ifdef ROBUSTKERN_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}

@@ -1,0 +1,99 @@
+"""Typed Python face of the compiled ops (``torch.ops.robustkern.*``) and their fake kernels.
+
+The specification of every op is its twin in ``robustkern.reference``. The ops here work in
+place, accept float16/bfloat16/float32/float64, contiguous, channels_last and strided inputs of
+any trailing shape (a sample is one row of the leading dimension), and N = 0.
+
+``alpha`` and ``eps`` are a number or a 1-D tensor with one value per sample (so one batch can
+hold several eps values). Negative or NaN values are errors; eps may be ``inf`` (no projection).
+Per-sample tensors on a GPU are checked with an asynchronous device assert, never a host sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robustkern import _C  # noqa: F401  (registers torch.ops.robustkern)
+
+Bounds = tuple[float, float]
+PerSample = float | torch.Tensor
+
+__all__ = ["l2_project_", "l2_step_", "linf_project_", "linf_step_"]
+
+
+def _split(value: PerSample, name: str, allow_inf: bool) -> tuple[float, torch.Tensor | None]:
+    """(scalar, None) for a number, (0.0, tensor) for per-sample values."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        if value.is_cuda:  # on the CPU the op itself checks the values
+            ok = (value >= 0) & (value < math.inf if not allow_inf else ~value.isnan())
+            torch._assert_async(ok.all(), f"every per-sample {name} must be >= 0")
+        return 0.0, value
+    if isinstance(value, torch.Tensor) and value.dim() > 1:
+        raise ValueError(f"{name} must be a number or a 1-D tensor (one value per sample), "
+                         f"got shape {tuple(value.shape)}")
+    return float(value), None  # the op checks the range and names the argument
+
+
+def _bounds(bounds: Bounds) -> tuple[float, float]:
+    if len(bounds) != 2:
+        raise ValueError(f"bounds must be a pair (lo, hi), got {bounds!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def linf_step_(x_adv: torch.Tensor, x_nat: torch.Tensor, grad: torch.Tensor, *,
+               alpha: PerSample, eps: PerSample, bounds: Bounds = (0.0, 1.0)) -> None:
+    """In place: x_adv = clip(clip(x_adv + alpha*sign(grad), x_nat-eps, x_nat+eps), lo, hi)."""
+    a, a_t = _split(alpha, "alpha", allow_inf=False)
+    e, e_t = _split(eps, "eps", allow_inf=True)
+    torch.ops.robustkern.linf_step_(x_adv, x_nat, grad, a, e, a_t, e_t, *_bounds(bounds))
+
+
+def l2_step_(x_adv: torch.Tensor, x_nat: torch.Tensor, grad: torch.Tensor, *,
+             alpha: PerSample, eps: PerSample, bounds: Bounds = (0.0, 1.0)) -> None:
+    """In place: step alpha along grad/||grad|| (per sample), project onto the L2 eps-ball
+    around x_nat, clip to bounds. A zero gradient moves nothing."""
+    a, a_t = _split(alpha, "alpha", allow_inf=False)
+    e, e_t = _split(eps, "eps", allow_inf=True)
+    torch.ops.robustkern.l2_step_(x_adv, x_nat, grad, a, e, a_t, e_t, *_bounds(bounds))
+
+
+def linf_project_(x_adv: torch.Tensor, x_nat: torch.Tensor, *, eps: PerSample,
+                  bounds: Bounds = (0.0, 1.0)) -> None:
+    """In place: x_adv = clip(clip(x_adv, x_nat-eps, x_nat+eps), lo, hi)."""
+    e, e_t = _split(eps, "eps", allow_inf=True)
+    torch.ops.robustkern.linf_project_(x_adv, x_nat, e, e_t, *_bounds(bounds))
+
+
+def l2_project_(x_adv: torch.Tensor, x_nat: torch.Tensor, *, eps: PerSample,
+                bounds: Bounds = (0.0, 1.0)) -> None:
+    """In place: project x_adv onto the L2 eps-ball around x_nat (per sample), clip to bounds."""
+    e, e_t = _split(eps, "eps", allow_inf=True)
+    torch.ops.robustkern.l2_project_(x_adv, x_nat, e, e_t, *_bounds(bounds))
+
+
+def _fake_check(x_adv: torch.Tensor, *others: torch.Tensor) -> None:
+    for t in others:
+        torch._check(t.shape == x_adv.shape, lambda: "x_nat/grad must have x_adv's shape")
+        torch._check(t.dtype == x_adv.dtype, lambda: "x_nat/grad must have x_adv's dtype")
+
+
+@torch.library.register_fake("robustkern::linf_step_")
+def _(x_adv, x_nat, grad, alpha, eps, alpha_ps, eps_ps, lo, hi):
+    _fake_check(x_adv, x_nat, grad)
+
+
+@torch.library.register_fake("robustkern::l2_step_")
+def _(x_adv, x_nat, grad, alpha, eps, alpha_ps, eps_ps, lo, hi):
+    _fake_check(x_adv, x_nat, grad)
+
+
+@torch.library.register_fake("robustkern::linf_project_")
+def _(x_adv, x_nat, eps, eps_ps, lo, hi):
+    _fake_check(x_adv, x_nat)
+
+
+@torch.library.register_fake("robustkern::l2_project_")
+def _(x_adv, x_nat, eps, eps_ps, lo, hi):
+    _fake_check(x_adv, x_nat)
