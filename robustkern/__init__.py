@@ -3,7 +3,7 @@
 import torch  # noqa: F401  (loads libtorch before our extension links against it)
 
 from robustkern import _C, ops
-
+from robustkern.evaluation import Evaluation, evaluate
 
 __version__ = "0.1.0"
 __all__ = ["Evaluation", "__version__", "compiled_with_cuda", "evaluate", "ops"]

@@ -23,7 +23,9 @@ PerSample = float | torch.Tensor
 __all__ = ["l2_project_", "l2_step_", "linf_project_", "linf_step_"]
 
 
-def _split(value: PerSample, name: str, allow_inf: bool) -> tuple[float, torch.Tensor | None]:
+def split_per_sample(
+    value: PerSample, name: str, allow_inf: bool
+) -> tuple[float, torch.Tensor | None]:
     """(scalar, None) for a number, (0.0, tensor) for per-sample values."""
     if isinstance(value, torch.Tensor) and value.dim() == 1:
         if value.is_cuda:  # on the CPU the op itself checks the values
@@ -31,8 +33,10 @@ def _split(value: PerSample, name: str, allow_inf: bool) -> tuple[float, torch.T
             torch._assert_async(ok.all(), f"every per-sample {name} must be >= 0")
         return 0.0, value
     if isinstance(value, torch.Tensor) and value.dim() > 1:
-        raise ValueError(f"{name} must be a number or a 1-D tensor (one value per sample), "
-                         f"got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must be a number or a 1-D tensor (one value per sample), "
+            f"got shape {tuple(value.shape)}"
+        )
     return float(value), None  # the op checks the range and names the argument
 
 
@@ -42,34 +46,50 @@ def _bounds(bounds: Bounds) -> tuple[float, float]:
     return float(bounds[0]), float(bounds[1])
 
 
-def linf_step_(x_adv: torch.Tensor, x_nat: torch.Tensor, grad: torch.Tensor, *,
-               alpha: PerSample, eps: PerSample, bounds: Bounds = (0.0, 1.0)) -> None:
+def linf_step_(
+    x_adv: torch.Tensor,
+    x_nat: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    alpha: PerSample,
+    eps: PerSample,
+    bounds: Bounds = (0.0, 1.0),
+) -> None:
     """In place: x_adv = clip(clip(x_adv + alpha*sign(grad), x_nat-eps, x_nat+eps), lo, hi)."""
-    a, a_t = _split(alpha, "alpha", allow_inf=False)
-    e, e_t = _split(eps, "eps", allow_inf=True)
+    a, a_t = split_per_sample(alpha, "alpha", allow_inf=False)
+    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
     torch.ops.robustkern.linf_step_(x_adv, x_nat, grad, a, e, a_t, e_t, *_bounds(bounds))
 
 
-def l2_step_(x_adv: torch.Tensor, x_nat: torch.Tensor, grad: torch.Tensor, *,
-             alpha: PerSample, eps: PerSample, bounds: Bounds = (0.0, 1.0)) -> None:
+def l2_step_(
+    x_adv: torch.Tensor,
+    x_nat: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    alpha: PerSample,
+    eps: PerSample,
+    bounds: Bounds = (0.0, 1.0),
+) -> None:
     """In place: step alpha along grad/||grad|| (per sample), project onto the L2 eps-ball
     around x_nat, clip to bounds. A zero gradient moves nothing."""
-    a, a_t = _split(alpha, "alpha", allow_inf=False)
-    e, e_t = _split(eps, "eps", allow_inf=True)
+    a, a_t = split_per_sample(alpha, "alpha", allow_inf=False)
+    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
     torch.ops.robustkern.l2_step_(x_adv, x_nat, grad, a, e, a_t, e_t, *_bounds(bounds))
 
 
-def linf_project_(x_adv: torch.Tensor, x_nat: torch.Tensor, *, eps: PerSample,
-                  bounds: Bounds = (0.0, 1.0)) -> None:
+def linf_project_(
+    x_adv: torch.Tensor, x_nat: torch.Tensor, *, eps: PerSample, bounds: Bounds = (0.0, 1.0)
+) -> None:
     """In place: x_adv = clip(clip(x_adv, x_nat-eps, x_nat+eps), lo, hi)."""
-    e, e_t = _split(eps, "eps", allow_inf=True)
+    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
     torch.ops.robustkern.linf_project_(x_adv, x_nat, e, e_t, *_bounds(bounds))
 
 
-def l2_project_(x_adv: torch.Tensor, x_nat: torch.Tensor, *, eps: PerSample,
-                bounds: Bounds = (0.0, 1.0)) -> None:
+def l2_project_(
+    x_adv: torch.Tensor, x_nat: torch.Tensor, *, eps: PerSample, bounds: Bounds = (0.0, 1.0)
+) -> None:
     """In place: project x_adv onto the L2 eps-ball around x_nat (per sample), clip to bounds."""
-    e, e_t = _split(eps, "eps", allow_inf=True)
+    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
     torch.ops.robustkern.l2_project_(x_adv, x_nat, e, e_t, *_bounds(bounds))
 
 

@@ -1,0 +1,10 @@
+"""Attacks as plain functions: ``attack(model, x, y, *, eps, ...) -> x_adv``.
+
+They drop into any training loop: input gradients only (``torch.autograd.grad``), the model's
+train/eval mode and its parameters' ``.grad`` untouched, no host sync inside step loops.
+"""
+
+from robustkern.attacks.fgsm import fgsm
+from robustkern.attacks.pgd import NORMS, pgd
+
+__all__ = ["NORMS", "fgsm", "pgd"]

@@ -1,0 +1,100 @@
+"""What every attack shares: argument checks, the losses to maximise, the input gradient."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+Bounds = tuple[float, float]
+PerSample = float | torch.Tensor
+LOSSES = ("ce", "margin")
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> tuple[int, int]:
+    """Checks x, y and bounds once, before any step loop; returns (min, max) label (one sync)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError(
+            f"x must be a floating tensor (N, ...), got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"y must be an int64 tensor of class labels, got {getattr(y, 'dtype', y)}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"y must be on x's device {x.device}, got {y.device}")
+    lo, hi = bounds
+    if not (lo <= hi):
+        raise ValueError(f"bounds=(lo, hi) needs lo <= hi, got {bounds}")
+    if y.numel() == 0:
+        return 0, 0
+    return int(y.min()), int(y.max())
+
+
+def check_logits(logits: torch.Tensor, n: int, labels: tuple[int, int]) -> None:
+    """Model output must be (N, classes >= 1) and every label must index a class."""
+    if logits.dim() != 2 or logits.shape[0] != n or logits.shape[1] == 0:
+        raise ValueError(
+            f"the model must return logits of shape (N={n}, classes), got {tuple(logits.shape)}"
+        )
+    if labels[0] < 0 or labels[1] >= logits.shape[1]:
+        raise ValueError(
+            f"labels must lie in [0, {logits.shape[1]}) for a model with "
+            f"{logits.shape[1]} outputs, found labels in [{labels[0]}, {labels[1]}]"
+        )
+
+
+def check_eps(eps: PerSample, n: int, name: str = "eps") -> PerSample:
+    """A number >= 0 (inf allowed) or a 1-D tensor of N such values. One sync for tensors."""
+    if isinstance(eps, torch.Tensor):
+        if eps.dim() == 0:
+            eps = float(eps)
+        else:
+            if eps.shape != (n,):
+                raise ValueError(
+                    f"per-sample {name} must have shape ({n},), got {tuple(eps.shape)}"
+                )
+            if bool((eps.isnan() | (eps < 0)).any()):
+                raise ValueError(f"every per-sample {name} must be >= 0")
+            return eps
+    eps = float(eps)
+    if math.isnan(eps) or eps < 0:
+        raise ValueError(f"{name} must be >= 0, got {eps}")
+    return eps
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{j != y} z_j per sample (positive: classified as y)."""
+    z = logits.float()
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    others = z.scatter(1, y[:, None], float("-inf"))
+    return z_y - others.amax(dim=1)
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, targeted: bool) -> torch.Tensor:
+    """Per-sample loss the attack maximises. Targeted: y are the target classes."""
+    if loss == "ce":
+        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        return -ce if targeted else ce
+    if loss == "margin":
+        m = margin(logits, y)
+        return m if targeted else -m
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def is_adversarial(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    pred = logits.argmax(dim=1)
+    return pred == y if targeted else pred != y
+
+
+def input_grad(
+    model, x: torch.Tensor, y: torch.Tensor, loss: str, targeted: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d x, logits). Only the input's gradient: parameters' .grad stay untouched."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg)
+        (grad,) = torch.autograd.grad(attack_loss(logits, y, loss, targeted).sum(), xg)
+    return grad, logits.detach()

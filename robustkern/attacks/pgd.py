@@ -1,0 +1,178 @@
+"""Projected gradient descent (Madry et al. 2018), L-inf and L2, on the fused step ops."""
+
+from __future__ import annotations
+
+import torch
+
+from robustkern import ops
+from robustkern.attacks._common import (
+    LOSSES,
+    Bounds,
+    PerSample,
+    attack_loss,
+    check_eps,
+    check_inputs,
+    check_logits,
+    input_grad,
+    is_adversarial,
+)
+
+NORMS = ("linf", "l2")
+
+
+def pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: PerSample,
+    norm: str = "linf",
+    steps: int = 10,
+    alpha: PerSample | None = None,
+    random_start: bool = True,
+    restarts: int = 1,
+    targeted: bool = False,
+    loss: str = "ce",
+    bounds: Bounds = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    early_stop: bool = False,
+) -> torch.Tensor:
+    """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps``.
+
+    eps, alpha: a number or a 1-D tensor with one value per sample; alpha defaults to
+    2.5 * eps / steps. Targeted: ``y`` are the target classes. With ``restarts > 1`` each
+    sample keeps its most successful point (adversarial first, then highest loss).
+    ``early_stop``: a sample leaves the batch as soon as it is adversarial and keeps that point
+    (evaluation use; it syncs with the host once per step to shrink the batch). Without it the
+    step loop never syncs with the host (training use, CUDA-graph friendly).
+
+    Only the input's gradient is taken: parameters' ``.grad`` and ``model.training`` are left
+    exactly as the caller set them. Works under ``torch.autocast`` and with channels_last.
+    """
+    labels = check_inputs(x, y, bounds)
+    n = x.shape[0]
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+    eps = check_eps(eps, n)
+    alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, n, "alpha")
+    x_nat = x.detach()
+    if n == 0:
+        return x_nat.clone()
+    run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels)
+    if early_stop:
+        return run.early_stop(x_nat, y, eps, alpha, restarts)
+    return run.fixed(x_nat, y, eps, alpha, restarts)
+
+
+class _Run:
+    """One attack's settings; `fixed` and `early_stop` are the two loops over them."""
+
+    def __init__(self, model, norm, steps, random_start, targeted, loss, bounds, generator, labels):
+        self.model, self.norm, self.steps, self.random_start = model, norm, steps, random_start
+        self.targeted, self.loss, self.bounds, self.generator = targeted, loss, bounds, generator
+        self.labels = labels
+
+    def fixed(self, x_nat, y, eps, alpha, restarts):
+        step = self._step_fn(alpha, eps)
+        best = None
+        for _ in range(restarts):
+            x_adv = self._start(x_nat, eps)
+            for i in range(self.steps):
+                grad, logits = input_grad(self.model, x_adv, y, self.loss, self.targeted)
+                if i == 0:
+                    check_logits(logits, x_nat.shape[0], self.labels)
+                step(x_adv, x_nat, grad)
+            if restarts == 1:
+                return x_adv
+            best = self._keep_best(best, x_adv, y)
+        return best[0]
+
+    def early_stop(self, x_nat, y, eps, alpha, restarts):
+        result, done = (
+            x_nat.clone(),
+            torch.zeros(x_nat.shape[0], dtype=torch.bool, device=x_nat.device),
+        )
+        for _ in range(restarts):
+            idx = (~done).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xn, yy, e, a = x_nat[idx], y[idx], _take(eps, idx), _take(alpha, idx)
+            xa = self._start(xn, e)
+            for i in range(self.steps + 1):
+                if i < self.steps:
+                    grad, logits = input_grad(self.model, xa, yy, self.loss, self.targeted)
+                else:
+                    with torch.no_grad():
+                        logits = self.model(xa)
+                check_logits(logits, xa.shape[0], self.labels)
+                fooled = is_adversarial(logits, yy, self.targeted)
+                result[idx] = xa  # the latest point of every sample still in the batch
+                done[idx[fooled]] = True
+                keep = (~fooled).nonzero().squeeze(1)
+                if keep.numel() == 0 or i == self.steps:
+                    break
+                if keep.numel() < idx.numel():
+                    idx, xa, xn, yy, grad = idx[keep], xa[keep], xn[keep], yy[keep], grad[keep]
+                    e, a = _take(e, keep), _take(a, keep)
+                self._step_fn(a, e)(xa, xn, grad)
+        return result
+
+    def _step_fn(self, alpha, eps):
+        """The fused step with its scalars split once (and CUDA values checked once)."""
+        op = getattr(torch.ops.robustkern, f"{self.norm}_step_")
+        a, a_t = ops.split_per_sample(alpha, "alpha", allow_inf=False)
+        e, e_t = ops.split_per_sample(eps, "eps", allow_inf=True)
+        lo, hi = float(self.bounds[0]), float(self.bounds[1])
+        return lambda x_adv, x_nat, grad: op(x_adv, x_nat, grad, a, e, a_t, e_t, lo, hi)
+
+    def _start(self, x_nat, eps):
+        """x_nat plus uniform noise in the L-inf ball, or a uniform-radius random direction for
+        L2 (as in Madry et al. and torchattacks), projected and clipped to bounds."""
+        x_adv = x_nat.clone()
+        if not self.random_start:
+            return x_adv
+        noise = torch.empty_like(x_nat)
+        e = _broadcast(eps, x_nat)
+        if self.norm == "linf":
+            noise.uniform_(-1.0, 1.0, generator=self.generator)
+            x_adv += noise * e
+            ops.linf_project_(x_adv, x_nat, eps=eps, bounds=self.bounds)
+        else:
+            noise.normal_(generator=self.generator)
+            radius = torch.empty(x_nat.shape[0], device=x_nat.device, dtype=x_nat.dtype)
+            radius.uniform_(0.0, 1.0, generator=self.generator)
+            norms = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
+            x_adv += noise * _broadcast(radius / norms, x_nat) * e
+            ops.l2_project_(x_adv, x_nat, eps=eps, bounds=self.bounds)
+        return x_adv
+
+    def _keep_best(self, best, x_adv, y):
+        """Per sample, keep the adversarial point, else the highest-loss one (no host sync)."""
+        with torch.no_grad():
+            logits = self.model(x_adv)
+        fooled = is_adversarial(logits, y, self.targeted)
+        score = attack_loss(logits, y, self.loss, self.targeted)
+        if best is None:
+            return x_adv, fooled, score
+        best_x, best_fooled, best_score = best
+        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (score > best_score))
+        return (
+            torch.where(_broadcast(better, x_adv), x_adv, best_x),
+            fooled | best_fooled,
+            torch.where(better, score, best_score),
+        )
+
+
+def _take(v: PerSample, idx: torch.Tensor) -> PerSample:
+    return v[idx] if isinstance(v, torch.Tensor) else v
+
+
+def _broadcast(v: PerSample, x: torch.Tensor) -> PerSample:
+    """A per-sample tensor shaped (N, 1, ...) to broadcast over x; numbers unchanged."""
+    if isinstance(v, torch.Tensor):
+        return v.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    return v

@@ -1,0 +1,160 @@
+"""The ``robustkern`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import robustkern
+from robustkern import data, models, training
+from robustkern.attacks import NORMS
+
+DEFAULT_EPOCHS = 10
+
+
+def cache_dir() -> Path:
+    """$ROBUSTKERN_CACHE, else $XDG_CACHE_HOME/robustkern, else ~/.cache/robustkern."""
+    if os.environ.get("ROBUSTKERN_CACHE"):
+        return Path(os.environ["ROBUSTKERN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustkern"
+
+
+def eps_text(eps: float, bounds: tuple[float, float]) -> str:
+    """eps in the input's units, and as k/255 where bounds are (0, 1)."""
+    if tuple(bounds) == (0.0, 1.0):
+        return f"{eps:g} (= {eps * 255:.4g}/255)"
+    return f"{eps:g}"
+
+
+def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
+    """The small CNN trained on the data, cached under cache_dir() by data and settings."""
+    settings = {
+        "model": "small_cnn",
+        "data": args.data,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "format": 1,
+    }
+    if args.data.endswith(".npz"):
+        settings["data"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "models" / f"small_cnn-{key}.pt"
+    torch.manual_seed(args.seed)
+    model = models.small_cnn(x_train.shape[1], int(y_train.max()) + 1)
+    if path.is_file():
+        model.load_state_dict(models.load_weights(path))
+        print(f"model: small CNN from cache {path}")
+        return model
+    print(f"model: training the small CNN on {args.data} ({args.epochs} epochs; cached after)")
+    training.fit(
+        model, x_train, y_train, epochs=args.epochs, seed=args.seed, progress=not args.no_progress
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written model
+    return model
+
+
+def cmd_attack(args) -> int:
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test = data.load(args.data)
+    if args.limit:
+        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+    if args.model:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+        model = models.from_spec(
+            args.model, args.weights, kwargs=kwargs, trust_pickle=args.trust_pickle
+        )
+        print(f"model: {args.model}" + (f" with weights {args.weights}" if args.weights else ""))
+    else:
+        model = default_model(args, x_train, y_train)
+    model = model.to(args.device)
+    kwargs = {"eps": args.eps}
+    if args.attack == "pgd":
+        kwargs.update(
+            norm=args.norm,
+            steps=args.steps,
+            restarts=args.restarts,
+            loss=args.loss,
+            generator=torch.Generator(args.device).manual_seed(args.seed),
+        )
+        if args.alpha is not None:
+            kwargs["alpha"] = args.alpha
+    elif args.norm != "linf":
+        raise ValueError("fgsm is an L-inf attack: use --norm linf or --attack pgd")
+    what = f"{args.attack} ({args.norm}, eps {eps_text(args.eps, (0.0, 1.0))}"
+    what += f", {args.steps} steps, {args.restarts} restart(s))" if args.attack == "pgd" else ")"
+    print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")
+    print(f"attack: {what}")
+    result = robustkern.evaluate(
+        model,
+        (x_test, y_test),
+        args.attack,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+        **kwargs,
+    )
+    print(f"clean accuracy:  {100 * result.clean_accuracy:6.2f} %")
+    print(f"robust accuracy: {100 * result.robust_accuracy:6.2f} %   ({result.seconds:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustkern", description="Test and improve the robustness of models."
+    )
+    parser.add_argument("--version", action="version", version=robustkern.__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("attack", help="clean and robust accuracy of a model under an attack")
+    p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
+    p.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
+    p.add_argument("--norm", choices=NORMS, default="linf")
+    p.add_argument("--eps", type=float, default=0.3, help="radius in input units (0..1)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--alpha", type=float, default=None, help="step size (2.5*eps/steps)")
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--loss", choices=("ce", "margin"), default="ce")
+    p.add_argument(
+        "--model",
+        help="module:factory of your model (default: a small CNN trained on the data and cached)",
+    )
+    p.add_argument(
+        "--model-kwargs", help="JSON keyword arguments for the factory, e.g. '{\"in_channels\": 1}'"
+    )
+    p.add_argument("--weights", help="state-dict file for --model (torch.load weights_only)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow weights files that need pickle (can run arbitrary code)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs to train the default model"
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_attack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"robustkern {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

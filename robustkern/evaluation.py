@@ -1,0 +1,142 @@
+"""Clean and robust accuracy of a model under an attack, batch by batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from robustkern import attacks
+
+Data = tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader
+AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+ATTACKS = ("pgd", "fgsm", "none")
+
+
+@dataclass
+class Evaluation:
+    """Per-sample outcomes and their summary. ``robust_correct`` implies ``clean_correct``:
+    a sample counts as robust only if it is classified correctly and the attack failed."""
+
+    clean_correct: torch.Tensor  # bool (N,)
+    robust_correct: torch.Tensor  # bool (N,)
+    seconds: float
+    attack: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.clean_correct.numel())
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct.float().mean().item() if self.n else float("nan")
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.robust_correct.float().mean().item() if self.n else float("nan")
+
+    @property
+    def success(self) -> torch.Tensor:
+        """Per sample: correctly classified, and the attack found an adversarial example."""
+        return self.clean_correct & ~self.robust_correct
+
+    def __str__(self) -> str:
+        return (
+            f"clean accuracy {100 * self.clean_accuracy:.2f} %, robust accuracy "
+            f"{100 * self.robust_accuracy:.2f} % ({self.attack}, n={self.n}, "
+            f"{self.seconds:.1f} s)"
+        )
+
+
+def evaluate(
+    model: torch.nn.Module,
+    data: Data,
+    attack: str | AttackFn = "pgd",
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    **attack_kwargs,
+) -> Evaluation:
+    """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
+
+    data: an ``(x, y)`` pair of tensors, a Dataset or a DataLoader of ``(x, y)`` batches.
+    attack: "pgd" (early stopping: a sample leaves the batch once misclassified, which changes
+    no outcome and saves the work), "fgsm", "none", or a callable ``(model, x, y) -> x_adv``;
+    ``attack_kwargs`` go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``). Only correctly
+    classified samples are attacked. The model runs in eval mode and its mode is restored after.
+    """
+    attack_fn, name = _attack_fn(attack, attack_kwargs)
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    clean, robust = [], []
+    start = time.perf_counter()
+    try:
+        batches, total = _batches(data, batch_size)
+        for x, y in tqdm(
+            batches, total=total, desc=f"evaluate ({name})", disable=not progress, unit="batch"
+        ):
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                ok = model(x).argmax(dim=1) == y
+            still = ok.clone()
+            idx = ok.nonzero().squeeze(1)
+            if idx.numel() and attack_fn is not None:
+                x_adv = attack_fn(model, x[idx], y[idx])
+                with torch.no_grad():
+                    still[idx] = model(x_adv).argmax(dim=1) == y[idx]
+            clean.append(ok.cpu())
+            robust.append(still.cpu())
+    finally:
+        model.train(was_training)
+    empty = torch.zeros(0, dtype=torch.bool)
+    return Evaluation(
+        torch.cat(clean) if clean else empty,
+        torch.cat(robust) if robust else empty,
+        time.perf_counter() - start,
+        name,
+        dict(attack_kwargs),
+    )
+
+
+def _attack_fn(attack: str | AttackFn, kwargs: dict) -> tuple[AttackFn | None, str]:
+    if callable(attack):
+        return (lambda m, x, y: attack(m, x, y, **kwargs)), getattr(attack, "__name__", "custom")
+    if attack == "none":
+        return None, "none"
+    if attack == "pgd":
+        kwargs = {"early_stop": True, **kwargs}
+        return (lambda m, x, y: attacks.pgd(m, x, y, **kwargs)), "pgd"
+    if attack == "fgsm":
+        return (lambda m, x, y: attacks.fgsm(m, x, y, **kwargs)), "fgsm"
+    raise ValueError(f"attack must be one of {ATTACKS} or a callable, got {attack!r}")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _batches(data: Data, batch_size: int) -> tuple[Iterable, int | None]:
+    """(batches of (x, y), their number if known)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        return zip(x.split(batch_size), y.split(batch_size), strict=True), -(-len(x) // batch_size)
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=batch_size)
+    if isinstance(data, DataLoader):
+        try:
+            return data, len(data)
+        except TypeError:  # iterable datasets may have no length
+            return data, None
+    raise ValueError("data must be an (x, y) pair of tensors, a Dataset or a DataLoader")

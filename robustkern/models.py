@@ -1,0 +1,162 @@
+"""Small built-in models for demos, tests and benchmarks. All return logits.
+
+* ``fc``: fully connected nets as in Szegedy et al. (sigmoid hidden units, softmax output
+  applied by the loss); ``hidden=()`` is their plain softmax classifier.
+* ``small_cnn``: two conv stages and a small head; works for any input size >= 4x4.
+* ``resnet``: CIFAR-style ResNet of basic blocks; ``small_resnet`` and ``resnet18`` are presets.
+
+Users' own models come in through ``from_spec("module:factory", weights)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def fc(
+    in_features: int,
+    num_classes: int = 10,
+    hidden: Sequence[int] = (100, 100),
+    activation: str = "sigmoid",
+) -> nn.Sequential:
+    """Fully connected classifier on flattened inputs (Szegedy et al.'s FC100-100-10 default)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> nn.Sequential:
+    """conv3x3(w)-relu-pool, conv3x3(2w)-relu-pool, 4x4 adaptive pool, fc(128), fc(classes)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )  # fmt: skip
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+        )  # fmt: skip
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet(
+    in_channels: int = 3,
+    num_classes: int = 10,
+    widths: Sequence[int] = (16, 32, 64),
+    blocks: Sequence[int] = (1, 1, 1),
+) -> nn.Sequential:
+    """CIFAR-style ResNet: 3x3 stem, stages of basic blocks (stride 2 from the second stage)."""
+    if len(widths) != len(blocks) or not widths:
+        raise ValueError(f"widths and blocks must have equal, nonzero length: {widths}, {blocks}")
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(),
+    ]
+    c = widths[0]
+    for stage, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+        for b in range(n):
+            layers.append(BasicBlock(c, w, 2 if stage > 0 and b == 0 else 1))
+            c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def small_resnet(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    return resnet(in_channels, num_classes, widths=(16, 32, 64), blocks=(1, 1, 1))
+
+
+def resnet18(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
+    """ResNet-18 shape (64-128-256-512, two blocks each), CIFAR-style stem."""
+    return resnet(in_channels, num_classes, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2))
+
+
+def load_weights(path: str | Path, *, trust_pickle: bool = False):
+    """A state dict (or, with ``trust_pickle``, whatever the file holds) from ``path``.
+
+    Files load with ``torch.load(weights_only=True)``. A file that needs pickle (arbitrary code
+    on load) is refused unless ``trust_pickle`` is set; a missing or corrupt file is an error
+    that names it. ``{"state_dict": ...}`` and ``{"model": ...}`` wrappers are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise ValueError(f"weights file {path} is corrupt or not a torch file: {e}") from None
+        if not trust_pickle:
+            raise PermissionError(
+                f"weights file {path} needs pickle to load, which can run arbitrary code; "
+                "pass --trust-pickle (trust_pickle=True) only if you trust its source"
+            ) from None
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"weights file {path} is corrupt or not a torch file: {e}") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+    return obj
+
+
+def from_spec(
+    spec: str,
+    weights: str | Path | None = None,
+    *,
+    kwargs: dict | None = None,
+    trust_pickle: bool = False,
+) -> nn.Module:
+    """Build ``module:factory(**kwargs)`` and load ``weights`` (a state dict) into it."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model must be given as module:factory, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot find model factory {spec!r}: {e}") from None
+    model = factory(**(kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        state = load_weights(weights, trust_pickle=trust_pickle)
+        if isinstance(state, nn.Module):
+            state = state.state_dict()
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"weights file {weights} holds {type(state).__name__}, not a state dict"
+            )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"weights file {weights} does not fit {spec}: {e}") from None
+    return model
