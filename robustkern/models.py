@@ -112,7 +112,7 @@ def load_weights(path: str | Path, *, trust_pickle: bool = False):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        if "Unsupported global" not in str(e):  # not a pickled object: a damaged file
             raise ValueError(f"weights file {path} is corrupt or not a torch file: {e}") from None
         if not trust_pickle:
             raise PermissionError(

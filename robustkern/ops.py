@@ -97,6 +97,7 @@ def _fake_check(x_adv: torch.Tensor, *others: torch.Tensor) -> None:
     for t in others:
         torch._check(t.shape == x_adv.shape, lambda: "x_nat/grad must have x_adv's shape")
         torch._check(t.dtype == x_adv.dtype, lambda: "x_nat/grad must have x_adv's dtype")
+        torch._check(t.device == x_adv.device, lambda: "x_nat/grad must be on x_adv's device")
 
 
 @torch.library.register_fake("robustkern::linf_step_")

@@ -24,14 +24,19 @@
 namespace robustkern {
 namespace {
 
-constexpr int64_t kGrain = 1 << 15;  // elements per task: below this, threads cost more than they save
+constexpr int64_t kGrain =
+    1 << 15;  // elements per task: below this, threads cost more than they save
 constexpr int64_t kChunk = 1 << 14;  // elements per partial sum in the L2 reductions
 
 // Written as comparisons so the loops vectorise; NaN in `a` propagates like torch.clamp.
 template <typename A>
-inline A max_of(A a, A b) { return a < b ? b : a; }
+inline A max_of(A a, A b) {
+  return a < b ? b : a;
+}
 template <typename A>
-inline A min_of(A a, A b) { return b < a ? b : a; }
+inline A min_of(A a, A b) {
+  return b < a ? b : a;
+}
 
 // Non-finite gradient entries (NaN, +-inf) carry no usable direction: they count as 0.
 template <typename A>
@@ -47,9 +52,8 @@ inline A finite_sign(A g) {
 }
 
 template <typename T, typename A>
-RK_SIMD_CLONES void linf_step_span(T* __restrict xa, const T* __restrict xn,
-                                   const T* __restrict g, int64_t len, A alpha, A eps, A lo,
-                                   A hi) {
+RK_SIMD_CLONES void linf_step_span(T* __restrict xa, const T* __restrict xn, const T* __restrict g,
+                                   int64_t len, A alpha, A eps, A lo, A hi) {
   for (int64_t j = 0; j < len; ++j) {
     const A x0 = static_cast<A>(xn[j]);
     A v = static_cast<A>(xa[j]) + alpha * finite_sign(static_cast<A>(g[j]));
@@ -59,8 +63,8 @@ RK_SIMD_CLONES void linf_step_span(T* __restrict xa, const T* __restrict xn,
 }
 
 template <typename T, typename A>
-RK_SIMD_CLONES void linf_project_span(T* __restrict xa, const T* __restrict xn, int64_t len,
-                                      A eps, A lo, A hi) {
+RK_SIMD_CLONES void linf_project_span(T* __restrict xa, const T* __restrict xn, int64_t len, A eps,
+                                      A lo, A hi) {
   for (int64_t j = 0; j < len; ++j) {
     const A x0 = static_cast<A>(xn[j]);
     const A v = min_of(max_of(static_cast<A>(xa[j]), x0 - eps), x0 + eps);
@@ -111,8 +115,8 @@ RK_SIMD_CLONES void l2_sums_span(const T* __restrict xa, const T* __restrict xn,
 
 // x = clamp(x_nat + p * (x_adv + u * g - x_nat), lo, hi): step u along g, shrink into the ball.
 template <typename T, typename A, bool kWithGrad, bool kFiltered = false>
-RK_SIMD_CLONES void l2_apply_span(T* __restrict xa, const T* __restrict xn,
-                                  const T* __restrict g, int64_t len, A u, A p, A lo, A hi) {
+RK_SIMD_CLONES void l2_apply_span(T* __restrict xa, const T* __restrict xn, const T* __restrict g,
+                                  int64_t len, A u, A p, A lo, A hi) {
   for (int64_t j = 0; j < len; ++j) {
     const A x0 = static_cast<A>(xn[j]);
     A v = static_cast<A>(xa[j]);
@@ -189,28 +193,28 @@ inline double ball_factor(double nn, double eps) {
   return norm > eps ? eps / norm : 1.0;
 }
 
-void linf_step_cpu(at::Tensor x_adv, const at::Tensor& x_nat, const at::Tensor& grad,
-                   double alpha, double eps, const std::optional<at::Tensor>& alpha_ps,
+void linf_step_cpu(at::Tensor x_adv, const at::Tensor& x_nat, const at::Tensor& grad, double alpha,
+                   double eps, const std::optional<at::Tensor>& alpha_ps,
                    const std::optional<at::Tensor>& eps_ps, double lo, double hi) {
   constexpr const char* op = "linf_step_";
   const PerSampleTensors ps =
       check_projected_step(op, x_adv, x_nat, &grad, alpha, alpha_ps, eps, eps_ps, lo, hi);
   const at::Tensor &alpha_t = ps.alpha, &eps_t = ps.eps;
   if (x_adv.numel() == 0) return;
-  on_sample_blocks(x_adv, x_nat, &grad, [&](at::Tensor& xa, const at::Tensor& xn,
-                                             const at::Tensor& g) {
-    const int64_t n = xa.size(0), d = xa.numel() / n;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xa.scalar_type(), op, [&] {
-      using A = at::opmath_type<scalar_t>;
-      auto a = per_sample_view<A>(alpha_t, alpha), e = per_sample_view<A>(eps_t, eps);
-      scalar_t* pa = xa.data_ptr<scalar_t>();
-      const scalar_t *pn = xn.data_ptr<scalar_t>(), *pg = g.data_ptr<scalar_t>();
-      for_each_span(n, d, [&](int64_t i, int64_t off, int64_t len) {
-        const int64_t o = i * d + off;
-        linf_step_span<scalar_t, A>(pa + o, pn + o, pg + o, len, a[i], e[i], A(lo), A(hi));
+  on_sample_blocks(
+      x_adv, x_nat, &grad, [&](at::Tensor& xa, const at::Tensor& xn, const at::Tensor& g) {
+        const int64_t n = xa.size(0), d = xa.numel() / n;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xa.scalar_type(), op, [&] {
+          using A = at::opmath_type<scalar_t>;
+          auto a = per_sample_view<A>(alpha_t, alpha), e = per_sample_view<A>(eps_t, eps);
+          scalar_t* pa = xa.data_ptr<scalar_t>();
+          const scalar_t *pn = xn.data_ptr<scalar_t>(), *pg = g.data_ptr<scalar_t>();
+          for_each_span(n, d, [&](int64_t i, int64_t off, int64_t len) {
+            const int64_t o = i * d + off;
+            linf_step_span<scalar_t, A>(pa + o, pn + o, pg + o, len, a[i], e[i], A(lo), A(hi));
+          });
+        });
       });
-    });
-  });
 }
 
 void linf_project_cpu(at::Tensor x_adv, const at::Tensor& x_nat, double eps,
@@ -219,70 +223,71 @@ void linf_project_cpu(at::Tensor x_adv, const at::Tensor& x_nat, double eps,
   const at::Tensor eps_t =
       check_projected_step(op, x_adv, x_nat, nullptr, 0.0, {}, eps, eps_ps, lo, hi).eps;
   if (x_adv.numel() == 0) return;
-  on_sample_blocks(x_adv, x_nat, nullptr, [&](at::Tensor& xa, const at::Tensor& xn,
-                                               const at::Tensor&) {
-    const int64_t n = xa.size(0), d = xa.numel() / n;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xa.scalar_type(), op, [&] {
-      using A = at::opmath_type<scalar_t>;
-      auto e = per_sample_view<A>(eps_t, eps);
-      scalar_t* pa = xa.data_ptr<scalar_t>();
-      const scalar_t* pn = xn.data_ptr<scalar_t>();
-      for_each_span(n, d, [&](int64_t i, int64_t off, int64_t len) {
-        const int64_t o = i * d + off;
-        linf_project_span<scalar_t, A>(pa + o, pn + o, len, e[i], A(lo), A(hi));
+  on_sample_blocks(
+      x_adv, x_nat, nullptr, [&](at::Tensor& xa, const at::Tensor& xn, const at::Tensor&) {
+        const int64_t n = xa.size(0), d = xa.numel() / n;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xa.scalar_type(), op, [&] {
+          using A = at::opmath_type<scalar_t>;
+          auto e = per_sample_view<A>(eps_t, eps);
+          scalar_t* pa = xa.data_ptr<scalar_t>();
+          const scalar_t* pn = xn.data_ptr<scalar_t>();
+          for_each_span(n, d, [&](int64_t i, int64_t off, int64_t len) {
+            const int64_t o = i * d + off;
+            linf_project_span<scalar_t, A>(pa + o, pn + o, len, e[i], A(lo), A(hi));
+          });
+        });
       });
-    });
-  });
 }
 
 // Shared by l2_step_ (kWithGrad) and l2_project_: sums, per-sample factors, one apply pass.
 template <bool kWithGrad>
 void l2_cpu(at::Tensor& x_adv, const at::Tensor& x_nat, const at::Tensor* grad,
-            const at::Tensor& alpha_t, double alpha, const at::Tensor& eps_t, double eps,
-            double lo, double hi) {
+            const at::Tensor& alpha_t, double alpha, const at::Tensor& eps_t, double eps, double lo,
+            double hi) {
   if (x_adv.numel() == 0) return;
-  on_sample_blocks(x_adv, x_nat, grad, [&](at::Tensor& xa, const at::Tensor& xn,
-                                            const at::Tensor& g) {
-    const int64_t n = xa.size(0), d = xa.numel() / n;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xa.scalar_type(), "l2_cpu", [&] {
-      using A = at::opmath_type<scalar_t>;
-      auto a = per_sample_view<A>(alpha_t, alpha), e = per_sample_view<A>(eps_t, eps);
-      scalar_t* pa = xa.data_ptr<scalar_t>();
-      const scalar_t* pn = xn.data_ptr<scalar_t>();
-      const scalar_t* pg = kWithGrad ? g.data_ptr<scalar_t>() : nullptr;
-      std::vector<char> filtered(n, 0);  // samples with non-finite gradient entries
-      const std::vector<double> sums = l2_sums<scalar_t, kWithGrad>(pa, pn, pg, n, d, filtered);
-      std::vector<A> u(n, A(0)), p(n);
-      for (int64_t i = 0; i < n; ++i) {
-        const double dd = sums[i * 3], gg = sums[i * 3 + 1], dg = sums[i * 3 + 2];
-        double nn = dd;
-        if (kWithGrad && gg > 0) {
-          const double step = static_cast<double>(a[i]) / std::sqrt(gg);
-          if (std::isfinite(static_cast<A>(step))) {  // a norm that underflows A moves nothing
-            u[i] = static_cast<A>(step);
-            nn = dd + 2 * step * dg + static_cast<double>(a[i]) * a[i];
+  on_sample_blocks(
+      x_adv, x_nat, grad, [&](at::Tensor& xa, const at::Tensor& xn, const at::Tensor& g) {
+        const int64_t n = xa.size(0), d = xa.numel() / n;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xa.scalar_type(), "l2_cpu", [&] {
+          using A = at::opmath_type<scalar_t>;
+          auto a = per_sample_view<A>(alpha_t, alpha), e = per_sample_view<A>(eps_t, eps);
+          scalar_t* pa = xa.data_ptr<scalar_t>();
+          const scalar_t* pn = xn.data_ptr<scalar_t>();
+          const scalar_t* pg = kWithGrad ? g.data_ptr<scalar_t>() : nullptr;
+          std::vector<char> filtered(n, 0);  // samples with non-finite gradient entries
+          const std::vector<double> sums = l2_sums<scalar_t, kWithGrad>(pa, pn, pg, n, d, filtered);
+          std::vector<A> u(n, A(0)), p(n);
+          for (int64_t i = 0; i < n; ++i) {
+            const double dd = sums[i * 3], gg = sums[i * 3 + 1], dg = sums[i * 3 + 2];
+            double nn = dd;
+            if (kWithGrad && gg > 0) {
+              const double step = static_cast<double>(a[i]) / std::sqrt(gg);
+              if (std::isfinite(static_cast<A>(step))) {  // a norm that underflows A moves nothing
+                u[i] = static_cast<A>(step);
+                nn = dd + 2 * step * dg + static_cast<double>(a[i]) * a[i];
+              }
+            }
+            p[i] = static_cast<A>(ball_factor(nn, static_cast<double>(e[i])));
           }
-        }
-        p[i] = static_cast<A>(ball_factor(nn, static_cast<double>(e[i])));
-      }
-      for_each_span(n, d, [&](int64_t i, int64_t off, int64_t len) {
-        const int64_t o = i * d + off;
-        const scalar_t* go = kWithGrad ? pg + o : nullptr;
-        if (filtered[i])
-          l2_apply_span<scalar_t, A, kWithGrad, true>(pa + o, pn + o, go, len, u[i], p[i], A(lo),
-                                                      A(hi));
-        else
-          l2_apply_span<scalar_t, A, kWithGrad>(pa + o, pn + o, go, len, u[i], p[i], A(lo), A(hi));
+          for_each_span(n, d, [&](int64_t i, int64_t off, int64_t len) {
+            const int64_t o = i * d + off;
+            const scalar_t* go = kWithGrad ? pg + o : nullptr;
+            if (filtered[i])
+              l2_apply_span<scalar_t, A, kWithGrad, true>(pa + o, pn + o, go, len, u[i], p[i],
+                                                          A(lo), A(hi));
+            else
+              l2_apply_span<scalar_t, A, kWithGrad>(pa + o, pn + o, go, len, u[i], p[i], A(lo),
+                                                    A(hi));
+          });
+        });
       });
-    });
-  });
 }
 
-void l2_step_cpu(at::Tensor x_adv, const at::Tensor& x_nat, const at::Tensor& grad,
-                 double alpha, double eps, const std::optional<at::Tensor>& alpha_ps,
+void l2_step_cpu(at::Tensor x_adv, const at::Tensor& x_nat, const at::Tensor& grad, double alpha,
+                 double eps, const std::optional<at::Tensor>& alpha_ps,
                  const std::optional<at::Tensor>& eps_ps, double lo, double hi) {
-  const PerSampleTensors ps = check_projected_step("l2_step_", x_adv, x_nat, &grad, alpha,
-                                                   alpha_ps, eps, eps_ps, lo, hi);
+  const PerSampleTensors ps =
+      check_projected_step("l2_step_", x_adv, x_nat, &grad, alpha, alpha_ps, eps, eps_ps, lo, hi);
   l2_cpu<true>(x_adv, x_nat, &grad, ps.alpha, alpha, ps.eps, eps, lo, hi);
 }
 

@@ -90,11 +90,13 @@ def is_adversarial(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> tor
 
 
 def input_grad(
-    model, x: torch.Tensor, y: torch.Tensor, loss: str, targeted: bool
+    model, x: torch.Tensor, y: torch.Tensor, loss: str, targeted: bool, labels: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d loss / d x, logits). Only the input's gradient: parameters' .grad stay untouched."""
+    """(d loss / d x, logits). Only the input's gradient: parameters' .grad stay untouched.
+    ``labels``: the (min, max) label from check_inputs, checked against the logits' shape."""
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         logits = model(xg)
+        check_logits(logits, x.shape[0], labels)
         (grad,) = torch.autograd.grad(attack_loss(logits, y, loss, targeted).sum(), xg)
     return grad, logits.detach()

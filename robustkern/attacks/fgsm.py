@@ -10,7 +10,6 @@ from robustkern.attacks._common import (
     PerSample,
     check_eps,
     check_inputs,
-    check_logits,
     input_grad,
 )
 
@@ -30,8 +29,7 @@ def fgsm(
     labels = check_inputs(x, y, bounds)
     eps = check_eps(eps, x.shape[0])
     x_nat = x.detach()
-    grad, logits = input_grad(model, x_nat, y, loss, targeted)
-    check_logits(logits, x.shape[0], labels)
+    grad, _ = input_grad(model, x_nat, y, loss, targeted, labels)
     x_adv = x_nat.clone()
     ops.linf_step_(x_adv, x_nat, grad, alpha=eps, eps=eps, bounds=bounds)
     return x_adv

@@ -12,7 +12,6 @@ from robustkern.attacks._common import (
     attack_loss,
     check_eps,
     check_inputs,
-    check_logits,
     input_grad,
     is_adversarial,
 )
@@ -81,10 +80,8 @@ class _Run:
         best = None
         for _ in range(restarts):
             x_adv = self._start(x_nat, eps)
-            for i in range(self.steps):
-                grad, logits = input_grad(self.model, x_adv, y, self.loss, self.targeted)
-                if i == 0:
-                    check_logits(logits, x_nat.shape[0], self.labels)
+            for _ in range(self.steps):
+                grad, _ = input_grad(self.model, x_adv, y, self.loss, self.targeted, self.labels)
                 step(x_adv, x_nat, grad)
             if restarts == 1:
                 return x_adv
@@ -104,11 +101,12 @@ class _Run:
             xa = self._start(xn, e)
             for i in range(self.steps + 1):
                 if i < self.steps:
-                    grad, logits = input_grad(self.model, xa, yy, self.loss, self.targeted)
+                    grad, logits = input_grad(
+                        self.model, xa, yy, self.loss, self.targeted, self.labels
+                    )
                 else:
                     with torch.no_grad():
                         logits = self.model(xa)
-                check_logits(logits, xa.shape[0], self.labels)
                 fooled = is_adversarial(logits, yy, self.targeted)
                 result[idx] = xa  # the latest point of every sample still in the batch
                 done[idx[fooled]] = True

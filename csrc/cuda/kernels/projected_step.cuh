@@ -236,8 +236,7 @@ inline unsigned grid_for(int64_t work) {
 
 // Picks 16-byte packs when every sample boundary and pointer allows, else one element per thread.
 template <typename T, typename Launch>
-cudaError_t with_pack_width(int64_t d, const void* a, const void* b, const void* c,
-                            Launch launch) {
+cudaError_t with_pack_width(int64_t d, const void* a, const void* b, const void* c, Launch launch) {
   constexpr int kWide = 16 / sizeof(T);
   if (d % kWide == 0 && aligned16(a) && aligned16(b) && (c == nullptr || aligned16(c)))
     launch(std::integral_constant<int, kWide>());
@@ -284,13 +283,13 @@ cudaError_t l2(T* xa, const T* xn, const T* g, int64_t n, int64_t d, PerSample<A
   A* factors = reinterpret_cast<A*>(partial + n * chunks * 3);
   const unsigned sum_blocks = unsigned(n * chunks), factor_blocks = grid_for(n);
   if (g) {
-    l2_partial_sums_kernel<T, true><<<sum_blocks, kThreads, 0, stream>>>(xa, xn, g, d, chunks,
-                                                                          partial);
+    l2_partial_sums_kernel<T, true>
+        <<<sum_blocks, kThreads, 0, stream>>>(xa, xn, g, d, chunks, partial);
     l2_factors_kernel<A, true>
         <<<factor_blocks, kThreads, 0, stream>>>(partial, n, chunks, alpha, eps, factors);
   } else {
-    l2_partial_sums_kernel<T, false><<<sum_blocks, kThreads, 0, stream>>>(xa, xn, g, d, chunks,
-                                                                           partial);
+    l2_partial_sums_kernel<T, false>
+        <<<sum_blocks, kThreads, 0, stream>>>(xa, xn, g, d, chunks, partial);
     l2_factors_kernel<A, false>
         <<<factor_blocks, kThreads, 0, stream>>>(partial, n, chunks, alpha, eps, factors);
   }
@@ -309,16 +308,15 @@ cudaError_t l2(T* xa, const T* xn, const T* g, int64_t n, int64_t d, PerSample<A
 }
 
 // Explicit instantiations: every kernel for every dtype is compiled by `nvcc -c` on this file.
-#define RK_INSTANTIATE(T)                                                                       \
-  template cudaError_t linf_step<T, Acc<T>::type>(T*, const T*, const T*, int64_t, int64_t,     \
-                                                  PerSample<Acc<T>::type>,                      \
-                                                  PerSample<Acc<T>::type>, Acc<T>::type,        \
-                                                  Acc<T>::type, cudaStream_t);                  \
-  template cudaError_t linf_project<T, Acc<T>::type>(T*, const T*, int64_t, int64_t,            \
-                                                     PerSample<Acc<T>::type>, Acc<T>::type,     \
-                                                     Acc<T>::type, cudaStream_t);               \
-  template cudaError_t l2<T, Acc<T>::type>(T*, const T*, const T*, int64_t, int64_t,            \
-                                           PerSample<Acc<T>::type>, PerSample<Acc<T>::type>,    \
+#define RK_INSTANTIATE(T)                                                                         \
+  template cudaError_t linf_step<T, Acc<T>::type>(                                                \
+      T*, const T*, const T*, int64_t, int64_t, PerSample<Acc<T>::type>, PerSample<Acc<T>::type>, \
+      Acc<T>::type, Acc<T>::type, cudaStream_t);                                                  \
+  template cudaError_t linf_project<T, Acc<T>::type>(T*, const T*, int64_t, int64_t,              \
+                                                     PerSample<Acc<T>::type>, Acc<T>::type,       \
+                                                     Acc<T>::type, cudaStream_t);                 \
+  template cudaError_t l2<T, Acc<T>::type>(T*, const T*, const T*, int64_t, int64_t,              \
+                                           PerSample<Acc<T>::type>, PerSample<Acc<T>::type>,      \
                                            Acc<T>::type, Acc<T>::type, void*, cudaStream_t);
 RK_INSTANTIATE(float)
 RK_INSTANTIATE(double)

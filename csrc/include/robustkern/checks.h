@@ -82,9 +82,9 @@ struct PerSampleTensors {
 inline PerSampleTensors check_projected_step(const char* op, const at::Tensor& x_adv,
                                              const at::Tensor& x_nat, const at::Tensor* grad,
                                              double alpha,
-                                             const std::optional<at::Tensor>& alpha_ps,
-                                             double eps, const std::optional<at::Tensor>& eps_ps,
-                                             double lo, double hi) {
+                                             const std::optional<at::Tensor>& alpha_ps, double eps,
+                                             const std::optional<at::Tensor>& eps_ps, double lo,
+                                             double hi) {
   check_step_tensors(x_adv, x_nat, grad, op);
   if (grad) check_scalar(alpha, "alpha", false, op);
   check_scalar(eps, "eps", true, op);

@@ -1,0 +1,182 @@
+"""FGSM, PGD and evaluate: constraints, strength, side effects, autocast, layouts, bad input."""
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+import robustkern
+from robustkern import data, models, training
+from robustkern.attacks import fgsm, pgd
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """A small CNN trained on digits (clean accuracy ~97 %) and its test split."""
+    torch.manual_seed(0)
+    x, y, xt, yt = data.load("digits")
+    model = models.small_cnn(1, 10, width=16)
+    training.fit(model, x, y, epochs=8, progress=False)
+    return model, xt[:200], yt[:200]
+
+
+def test_pgd_respects_the_ball_and_bounds(digits_model):
+    model, x, y = digits_model
+    for norm, eps in (("linf", 0.1), ("l2", 0.8)):
+        x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=5)
+        d = (x_adv - x).flatten(1)
+        dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert (dist <= eps + 1e-5).all()
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_stronger_settings_do_not_weaken(digits_model):
+    model, x, y = digits_model
+    g = torch.Generator().manual_seed(1)
+    clean = accuracy(model, x, y)
+    acc_fgsm = accuracy(model, fgsm(model, x, y, eps=0.1), y)
+    acc_pgd = accuracy(model, pgd(model, x, y, eps=0.1, steps=10, generator=g), y)
+    acc_restarts = accuracy(model, pgd(model, x, y, eps=0.1, steps=10, restarts=3, generator=g), y)
+    assert clean > 0.9
+    assert acc_pgd < clean - 0.2  # the attack does something
+    assert acc_pgd <= acc_fgsm + 0.01
+    assert acc_restarts <= acc_pgd + 0.005
+
+
+def test_unbounded_attack_reaches_full_error(digits_model):
+    model, x, y = digits_model
+    assert accuracy(model, pgd(model, x, y, eps=1.0, steps=20), y) == 0.0
+
+
+def test_targeted_pgd_hits_targets(digits_model):
+    model, x, y = digits_model
+    target = (y + 1) % 10
+    x_adv = pgd(model, x, target, eps=0.3, steps=20, targeted=True)
+    with torch.no_grad():
+        hit = (model(x_adv).argmax(1) == target).float().mean().item()
+    assert hit > 0.9
+
+
+def test_margin_loss_is_as_strong(digits_model):
+    model, x, y = digits_model
+    ce = accuracy(model, pgd(model, x, y, eps=0.1, steps=20), y)
+    margin = accuracy(model, pgd(model, x, y, eps=0.1, steps=20, loss="margin"), y)
+    assert abs(ce - margin) < 0.1
+
+
+def test_per_sample_eps_in_one_batch(digits_model):
+    model, x, y = digits_model
+    eps = torch.tensor([0.0, 0.05, 0.1, 0.3]).repeat_interleave(50)
+    x_adv = pgd(model, x, y, eps=eps, steps=10)
+    assert ((x_adv - x).flatten(1).abs().amax(1) <= eps + 1e-6).all()
+    assert torch.equal(x_adv[:50], x[:50])  # eps 0: nothing moves
+    fooled = (model(x_adv).argmax(1) != y).view(4, 50).float().mean(1)
+    assert fooled[3] > fooled[1]
+
+
+def test_early_stop_gives_the_same_robust_accuracy(digits_model):
+    model, x, y = digits_model
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    full = robustkern.evaluate(
+        model, (x, y), "pgd", eps=0.1, early_stop=False, generator=g1, progress=False
+    )
+    early = robustkern.evaluate(model, (x, y), "pgd", eps=0.1, generator=g2, progress=False)
+    assert early.clean_accuracy == full.clean_accuracy
+    # early stopping checks every iterate, so it is never weaker
+    assert early.robust_accuracy <= full.robust_accuracy + 0.005
+    assert torch.equal(early.success, early.clean_correct & ~early.robust_correct)
+
+
+def test_no_side_effects_on_the_model(digits_model):
+    model, x, y = digits_model
+    model = copy.deepcopy(model).train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    pgd(model, x[:8], y[:8], eps=0.1, steps=3)
+    fgsm(model, x[:8], y[:8], eps=0.1)
+    assert model.training
+    assert all((p.grad == 7.0).all() for p in model.parameters())
+    model.eval()
+    robustkern.evaluate(model.train(), (x[:8], y[:8]), eps=0.1, steps=2, progress=False)
+    assert model.training  # evaluate restores the mode it found
+
+
+def test_autocast_bfloat16_and_channels_last():
+    torch.manual_seed(0)
+    model = models.small_resnet(3, 10).eval()
+    x = torch.rand(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_adv = pgd(model, x, y, eps=8 / 255, steps=3)
+    assert x_adv.dtype == torch.float32
+    assert x_adv.is_contiguous(memory_format=torch.channels_last)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+    assert (x_adv != x).any()
+
+
+def test_empty_batch():
+    model = models.fc(4, 3, hidden=())
+    x, y = torch.rand(0, 4), torch.zeros(0, dtype=torch.int64)
+    assert pgd(model, x, y, eps=0.1).shape == (0, 4)
+
+
+def test_nan_gradients_do_not_spread():
+    class NanAtZero(torch.nn.Module):  # sqrt has an infinite/NaN gradient at 0
+        def forward(self, x):
+            return torch.stack([x.sqrt().sum(1), -x.sum(1)], 1)
+
+    x = torch.zeros(4, 5)
+    x_adv = pgd(
+        NanAtZero(), x, torch.zeros(4, dtype=torch.int64), eps=0.1, steps=3, random_start=False
+    )
+    assert not x_adv.isnan().any()
+
+
+BAD = [
+    ("labels must lie in", dict(y=torch.full((4,), 10)), {}),
+    ("labels must lie in", dict(y=torch.full((4,), -1)), {}),
+    ("eps must be >= 0", {}, dict(eps=-0.1)),
+    ("needs lo <= hi", {}, dict(bounds=(1.0, 0.0))),
+    ("y must have shape", dict(y=torch.zeros(3, dtype=torch.int64)), {}),
+    ("y must be an int64 tensor", dict(y=torch.zeros(4)), {}),
+    ("norm must be one of", {}, dict(norm="l1")),
+    ("per-sample eps must have shape", {}, dict(eps=torch.ones(3))),
+]
+
+
+@pytest.mark.parametrize(("message", "inputs", "kwargs"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_clear_error(message, inputs, kwargs):
+    model = models.fc(6, 10, hidden=(8,))
+    args = {"x": torch.rand(4, 6), "y": torch.zeros(4, dtype=torch.int64), **inputs}
+    with pytest.raises(ValueError, match=message):
+        pgd(model, args["x"], args["y"], **{"eps": 0.1, **kwargs})
+
+
+def test_empty_model_output_is_a_clear_error():
+    model = torch.nn.Linear(6, 0)
+    with pytest.raises(ValueError, match="must return logits of shape"):
+        pgd(model, torch.rand(4, 6), torch.zeros(4, dtype=torch.int64), eps=0.1)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchattacks") is None,
+    reason="torchattacks not installed (pip install --no-deps torchattacks)",
+)
+def test_never_weaker_than_torchattacks(digits_model):
+    import torchattacks
+
+    model, x, y = digits_model
+    ours, theirs = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours.append(accuracy(model, pgd(model, x, y, eps=0.1, steps=10, alpha=0.025), y))
+        torch.manual_seed(seed)
+        attack = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=10, random_start=True)
+        theirs.append(accuracy(model, attack(x, y), y))
+    assert sum(ours) / 3 <= sum(theirs) / 3 + 0.005

@@ -1,0 +1,119 @@
+"""The robustkern command line, run in-process and as the installed script."""
+
+import subprocess
+import sys
+
+import torch
+
+from robustkern import cli, models
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_attack_trains_caches_and_reports(capsys, tmp_path):
+    argv = [
+        "attack",
+        "--data",
+        "digits",
+        "--epochs",
+        "2",
+        "--eps",
+        "0.1",
+        "--steps",
+        "3",
+        "--limit",
+        "60",
+        "--no-progress",
+    ]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "training the small CNN" in out
+    assert "eps 0.1 (= 25.5/255)" in out
+    clean = float(out.split("clean accuracy:")[1].split("%")[0])
+    robust = float(out.split("robust accuracy:")[1].split("%")[0])
+    assert 0 <= robust <= clean <= 100
+    code, out2, _ = run(capsys, *argv)
+    assert "from cache" in out2
+    numbers = [o.split("clean accuracy:")[1].split("(")[0] for o in (out, out2)]
+    assert numbers[0] == numbers[1]  # the cached model gives the same results
+
+
+def test_attack_with_user_model(capsys, tmp_path):
+    torch.save(models.fc(64, 10, hidden=(16,)).state_dict(), tmp_path / "fc.pt")
+    code, out, _ = run(
+        capsys,
+        "attack",
+        "--data",
+        "digits",
+        "--model",
+        "robustkern.models:fc",
+        "--model-kwargs",
+        '{"in_features": 64, "hidden": [16]}',
+        "--weights",
+        str(tmp_path / "fc.pt"),
+        "--attack",
+        "fgsm",
+        "--limit",
+        "40",
+        "--no-progress",
+    )
+    assert code == 0 and "robust accuracy" in out
+
+
+def test_pickled_weights_are_refused_without_trust(capsys, tmp_path):
+    torch.save(models.fc(64, 10, hidden=(16,)), tmp_path / "m.pt")
+    base = [
+        "attack",
+        "--data",
+        "digits",
+        "--model",
+        "robustkern.models:fc",
+        "--model-kwargs",
+        '{"in_features": 64, "hidden": [16]}',
+        "--weights",
+        str(tmp_path / "m.pt"),
+        "--limit",
+        "20",
+        "--steps",
+        "1",
+        "--no-progress",
+    ]
+    code, _, err = run(capsys, *base)
+    assert code == 2 and "--trust-pickle" in err
+    code, out, _ = run(capsys, *base, "--trust-pickle")
+    assert code == 0 and "robust accuracy" in out
+
+
+def test_bad_arguments_are_clear(capsys):
+    code, _, err = run(capsys, "attack", "--data", "nope", "--no-progress")
+    assert code == 2 and "unknown dataset" in err
+    code, _, err = run(
+        capsys,
+        "attack",
+        "--data",
+        "digits",
+        "--eps",
+        "-1",
+        "--epochs",
+        "1",
+        "--limit",
+        "10",
+        "--no-progress",
+    )
+    assert code == 2 and "eps must be >= 0" in err
+
+
+def test_installed_script():
+    out = subprocess.run(["robustkern", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == __import__("robustkern").__version__
+    out = subprocess.run(
+        [sys.executable, "-m", "robustkern.cli", "attack", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--trust-pickle" in out.stdout
