@@ -46,6 +46,14 @@ def _bounds(bounds: Bounds) -> tuple[float, float]:
     return float(bounds[0]), float(bounds[1])
 
 
+def step_args(alpha: PerSample, eps: PerSample, bounds: Bounds) -> tuple:
+    """The step ops' trailing arguments (alpha, eps, alpha_per_sample, eps_per_sample, lo, hi).
+    Attacks build them once and call torch.ops.robustkern.*_step_ with them in their loops."""
+    a, a_t = split_per_sample(alpha, "alpha", allow_inf=False)
+    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
+    return (a, e, a_t, e_t, *_bounds(bounds))
+
+
 def linf_step_(
     x_adv: torch.Tensor,
     x_nat: torch.Tensor,
@@ -56,9 +64,7 @@ def linf_step_(
     bounds: Bounds = (0.0, 1.0),
 ) -> None:
     """In place: x_adv = clip(clip(x_adv + alpha*sign(grad), x_nat-eps, x_nat+eps), lo, hi)."""
-    a, a_t = split_per_sample(alpha, "alpha", allow_inf=False)
-    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
-    torch.ops.robustkern.linf_step_(x_adv, x_nat, grad, a, e, a_t, e_t, *_bounds(bounds))
+    torch.ops.robustkern.linf_step_(x_adv, x_nat, grad, *step_args(alpha, eps, bounds))
 
 
 def l2_step_(
@@ -72,9 +78,7 @@ def l2_step_(
 ) -> None:
     """In place: step alpha along grad/||grad|| (per sample), project onto the L2 eps-ball
     around x_nat, clip to bounds. A zero gradient moves nothing."""
-    a, a_t = split_per_sample(alpha, "alpha", allow_inf=False)
-    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
-    torch.ops.robustkern.l2_step_(x_adv, x_nat, grad, a, e, a_t, e_t, *_bounds(bounds))
+    torch.ops.robustkern.l2_step_(x_adv, x_nat, grad, *step_args(alpha, eps, bounds))
 
 
 def linf_project_(

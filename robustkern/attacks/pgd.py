@@ -98,7 +98,7 @@ class _Run:
             if idx.numel() == 0:
                 break
             xn, yy, e, a = x_nat[idx], y[idx], _take(eps, idx), _take(alpha, idx)
-            xa = self._start(xn, e)
+            xa, step = self._start(xn, e), self._step_fn(a, e)
             for i in range(self.steps + 1):
                 if i < self.steps:
                     grad, logits = input_grad(
@@ -108,24 +108,25 @@ class _Run:
                     with torch.no_grad():
                         logits = self.model(xa)
                 fooled = is_adversarial(logits, yy, self.targeted)
-                result[idx] = xa  # the latest point of every sample still in the batch
-                done[idx[fooled]] = True
-                keep = (~fooled).nonzero().squeeze(1)
+                hit, keep = fooled.nonzero().squeeze(1), (~fooled).nonzero().squeeze(1)
+                result[idx[hit]] = xa[hit]  # the first adversarial point of each sample
+                done[idx[hit]] = True
+                if i == self.steps:  # the rest keep this restart's last point
+                    result[idx[keep]] = xa[keep]
                 if keep.numel() == 0 or i == self.steps:
                     break
-                if keep.numel() < idx.numel():
+                if hit.numel():
                     idx, xa, xn, yy, grad = idx[keep], xa[keep], xn[keep], yy[keep], grad[keep]
                     e, a = _take(e, keep), _take(a, keep)
-                self._step_fn(a, e)(xa, xn, grad)
+                    step = self._step_fn(a, e)
+                step(xa, xn, grad)
         return result
 
     def _step_fn(self, alpha, eps):
         """The fused step with its scalars split once (and CUDA values checked once)."""
         op = getattr(torch.ops.robustkern, f"{self.norm}_step_")
-        a, a_t = ops.split_per_sample(alpha, "alpha", allow_inf=False)
-        e, e_t = ops.split_per_sample(eps, "eps", allow_inf=True)
-        lo, hi = float(self.bounds[0]), float(self.bounds[1])
-        return lambda x_adv, x_nat, grad: op(x_adv, x_nat, grad, a, e, a_t, e_t, lo, hi)
+        args = ops.step_args(alpha, eps, self.bounds)
+        return lambda x_adv, x_nat, grad: op(x_adv, x_nat, grad, *args)
 
     def _start(self, x_nat, eps):
         """x_nat plus uniform noise in the L-inf ball, or a uniform-radius random direction for
