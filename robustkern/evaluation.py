@@ -14,6 +14,10 @@ from robustkern import attacks
 
 Data = tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# Built-in attacks also return which samples they fooled, so no second forward is needed.
+_Outcome = Callable[
+    [torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
+]
 ATTACKS = ("pgd", "fgsm", "none")
 
 
@@ -88,9 +92,8 @@ def evaluate(
             still = ok.clone()
             idx = ok.nonzero().squeeze(1)
             if idx.numel() and attack_fn is not None:
-                x_adv = attack_fn(model, x[idx], y[idx])
-                with torch.no_grad():
-                    still[idx] = model(x_adv).argmax(dim=1) == y[idx]
+                _, fooled = attack_fn(model, x[idx], y[idx])
+                still[idx] = ~fooled
             clean.append(ok.cpu())
             robust.append(still.cpu())
     finally:
@@ -105,17 +108,30 @@ def evaluate(
     )
 
 
-def _attack_fn(attack: str | AttackFn, kwargs: dict) -> tuple[AttackFn | None, str]:
+def _attack_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, str]:
     if callable(attack):
-        return (lambda m, x, y: attack(m, x, y, **kwargs)), getattr(attack, "__name__", "custom")
+        return _with_success(lambda m, x, y: attack(m, x, y, **kwargs)), getattr(
+            attack, "__name__", "custom"
+        )
     if attack == "none":
         return None, "none"
     if attack == "pgd":
-        kwargs = {"early_stop": True, **kwargs}
+        kwargs = {"early_stop": True, **kwargs, "return_success": True}
         return (lambda m, x, y: attacks.pgd(m, x, y, **kwargs)), "pgd"
     if attack == "fgsm":
-        return (lambda m, x, y: attacks.fgsm(m, x, y, **kwargs)), "fgsm"
+        return _with_success(lambda m, x, y: attacks.fgsm(m, x, y, **kwargs)), "fgsm"
     raise ValueError(f"attack must be one of {ATTACKS} or a callable, got {attack!r}")
+
+
+def _with_success(attack_fn: AttackFn) -> _Outcome:
+    """Wraps an attack returning x_adv so that it also returns "misclassified at x_adv"."""
+
+    def run(model, x, y):
+        x_adv = attack_fn(model, x, y)
+        with torch.no_grad():
+            return x_adv, model(x_adv).argmax(dim=1) != y
+
+    return run
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

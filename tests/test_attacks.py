@@ -93,6 +93,24 @@ def test_early_stop_gives_the_same_robust_accuracy(digits_model):
     assert torch.equal(early.success, early.clean_correct & ~early.robust_correct)
 
 
+@pytest.mark.parametrize(("early_stop", "restarts"), [(True, 1), (False, 1), (False, 2)])
+def test_returned_success_matches_the_model(digits_model, early_stop, restarts):
+    model, x, y = digits_model
+    x_adv, success = pgd(
+        model,
+        x,
+        y,
+        eps=0.1,
+        steps=5,
+        restarts=restarts,
+        early_stop=early_stop,
+        return_success=True,
+    )
+    with torch.no_grad():
+        assert torch.equal(success, model(x_adv).argmax(1) != y)
+    assert 0 < success.sum() < len(y)
+
+
 def test_no_side_effects_on_the_model(digits_model):
     model, x, y = digits_model
     model = copy.deepcopy(model).train()

@@ -35,7 +35,8 @@ def pgd(
     bounds: Bounds = (0.0, 1.0),
     generator: torch.Generator | None = None,
     early_stop: bool = False,
-) -> torch.Tensor:
+    return_success: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps``.
 
     eps, alpha: a number or a 1-D tensor with one value per sample; alpha defaults to
@@ -44,6 +45,8 @@ def pgd(
     ``early_stop``: a sample leaves the batch as soon as it is adversarial and keeps that point
     (evaluation use; it syncs with the host once per step to shrink the batch). Without it the
     step loop never syncs with the host (training use, CUDA-graph friendly).
+    ``return_success``: also return the bool (N,) "the model is fooled at the returned point",
+    which the attack has already computed with early stopping or restarts (saves a forward).
 
     Only the input's gradient is taken: parameters' ``.grad`` and ``model.training`` are left
     exactly as the caller set them. Works under ``torch.autocast`` and with channels_last.
@@ -59,12 +62,14 @@ def pgd(
     eps = check_eps(eps, n)
     alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, n, "alpha")
     x_nat = x.detach()
-    if n == 0:
-        return x_nat.clone()
     run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels)
-    if early_stop:
-        return run.early_stop(x_nat, y, eps, alpha, restarts)
-    return run.fixed(x_nat, y, eps, alpha, restarts)
+    if n == 0:
+        x_adv, success = x_nat.clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
+    elif early_stop:
+        x_adv, success = run.early_stop(x_nat, y, eps, alpha, restarts)
+    else:
+        x_adv, success = run.fixed(x_nat, y, eps, alpha, restarts, return_success)
+    return (x_adv, success) if return_success else x_adv
 
 
 class _Run:
@@ -75,7 +80,8 @@ class _Run:
         self.targeted, self.loss, self.bounds, self.generator = targeted, loss, bounds, generator
         self.labels = labels
 
-    def fixed(self, x_nat, y, eps, alpha, restarts):
+    def fixed(self, x_nat, y, eps, alpha, restarts, want_success):
+        """(x_adv, success or None); success costs one forward when restarts == 1."""
         step = self._step_fn(alpha, eps)
         best = None
         for _ in range(restarts):
@@ -83,10 +89,9 @@ class _Run:
             for _ in range(self.steps):
                 grad, _ = input_grad(self.model, x_adv, y, self.loss, self.targeted, self.labels)
                 step(x_adv, x_nat, grad)
-            if restarts == 1:
-                return x_adv
-            best = self._keep_best(best, x_adv, y)
-        return best[0]
+            if restarts > 1 or want_success:
+                best = self._keep_best(best, x_adv, y)
+        return (best[0], best[1]) if best is not None else (x_adv, None)
 
     def early_stop(self, x_nat, y, eps, alpha, restarts):
         result, done = (
@@ -120,7 +125,7 @@ class _Run:
                     e, a = _take(e, keep), _take(a, keep)
                     step = self._step_fn(a, e)
                 step(xa, xn, grad)
-        return result
+        return result, done
 
     def _step_fn(self, alpha, eps):
         """The fused step with its scalars split once (and CUDA values checked once)."""
