@@ -1,5 +1,6 @@
 // The robustkern op library: schemas (TORCH_LIBRARY) and the tiny pybind11 module `_C`.
-// Kernels register per device in csrc/cpu/*.cpp and csrc/cuda/*.cu.
+// Kernels register per device in csrc/cpu/*.cpp and csrc/cuda/*.cu; device-generic ops (built
+// from ATen's FFT and GEMM) in csrc/*.cpp.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -18,6 +19,12 @@ TORCH_LIBRARY(robustkern, m) {
   m.def(
       "l2_project_(Tensor(a!) x_adv, Tensor x_nat, float eps, Tensor? eps_per_sample, "
       "float lo, float hi) -> ()");
+  // Per-frequency largest singular values of (B) conv layers on the fft_size torus, max over
+  // groups, on the rfft2 half-grid (B, fft_size / stride with the last dim halved), and their max
+  // (B). method 'gram': certified upper bounds; 'exact': eigenvalues. See csrc/spectral.cpp.
+  m.def(
+      "conv_singular_values(Tensor weight, int[2] fft_size, int[2] stride, int[2] dilation, "
+      "int groups, str method, int max_iters, float tol, bool prune) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import robustkern
-from robustkern import data, models, training
+from robustkern import data, models, spectral, training
 from robustkern.attacks import NORMS
 
 DEFAULT_EPOCHS = 10
@@ -62,11 +62,8 @@ def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.n
     return model
 
 
-def cmd_attack(args) -> int:
-    torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test = data.load(args.data)
-    if args.limit:
-        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+def load_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
+    """--model module:factory (+ --weights), else the cached default small CNN."""
     if args.model:
         kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
         model = models.from_spec(
@@ -75,7 +72,15 @@ def cmd_attack(args) -> int:
         print(f"model: {args.model}" + (f" with weights {args.weights}" if args.weights else ""))
     else:
         model = default_model(args, x_train, y_train)
-    model = model.to(args.device)
+    return model.to(args.device)
+
+
+def cmd_attack(args) -> int:
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test = data.load(args.data)
+    if args.limit:
+        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+    model = load_model(args, x_train, y_train)
     kwargs = {"eps": args.eps}
     if args.attack == "pgd":
         kwargs.update(
@@ -107,21 +112,34 @@ def cmd_attack(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="robustkern", description="Test and improve the robustness of models."
+def cmd_spectral(args) -> int:
+    torch.manual_seed(args.seed)
+    x_train, y_train, *_ = data.load(args.data)
+    model = load_model(args, x_train, y_train)
+    shape = tuple(x_train.shape[1:])
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--input-shape must be C,H,W or F, got {args.input_shape!r}"
+            ) from None
+    table = spectral.lipschitz_table(
+        model, shape, lower_bound=args.lower_bound, method="exact" if args.exact else "gram"
     )
-    parser.add_argument("--version", action="version", version=robustkern.__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("attack", help="clean and robust accuracy of a model under an attack")
+    print(f"input shape {shape}; upper bounds are L2 operator norms (certified unless noted)\n")
+    print(table)
+    if args.json:
+        path = Path(args.json)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(table.to_json())
+        os.replace(tmp, path)
+        print(f"\nwrote {path}")
+    return 0
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
-    p.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
-    p.add_argument("--norm", choices=NORMS, default="linf")
-    p.add_argument("--eps", type=float, default=0.3, help="radius in input units (0..1)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=None, help="step size (2.5*eps/steps)")
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--loss", choices=("ce", "margin"), default="ce")
     p.add_argument(
         "--model",
         help="module:factory of your model (default: a small CNN trained on the data and cached)",
@@ -138,12 +156,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs to train the default model"
     )
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustkern", description="Test and improve the robustness of models."
+    )
+    parser.add_argument("--version", action="version", version=robustkern.__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("attack", help="clean and robust accuracy of a model under an attack")
+    add_model_args(p)
+    p.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
+    p.add_argument("--norm", choices=NORMS, default="linf")
+    p.add_argument("--eps", type=float, default=0.3, help="radius in input units (0..1)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--alpha", type=float, default=None, help="step size (2.5*eps/steps)")
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--loss", choices=("ce", "margin"), default="ce")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
     p.set_defaults(func=cmd_attack)
+    p = sub.add_parser(
+        "spectral", help="per-layer Lipschitz upper bounds and their product (Szegedy's Table 5)"
+    )
+    add_model_args(p)
+    p.add_argument("--input-shape", help="one input's shape, e.g. 3,32,32 (default: the data's)")
+    p.add_argument(
+        "--lower-bound", action="store_true", help="add power-iteration lower bounds (slower)"
+    )
+    p.add_argument("--exact", action="store_true", help="exact per-frequency SVD, not Gram bounds")
+    p.add_argument("--json", help="also write the table to this JSON file")
+    p.set_defaults(func=cmd_spectral)
     return parser
 
 

@@ -144,7 +144,10 @@ def from_spec(
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot find model factory {spec!r}: {e}") from None
-    model = factory(**(kwargs or {}))
+    try:
+        model = factory(**(kwargs or {}))
+    except TypeError as e:  # wrong or missing keyword arguments
+        raise ValueError(f"cannot build {spec} with arguments {kwargs or {}}: {e}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:

@@ -122,3 +122,12 @@ def _(x_adv, x_nat, eps, eps_ps, lo, hi):
 @torch.library.register_fake("robustkern::l2_project_")
 def _(x_adv, x_nat, eps, eps_ps, lo, hi):
     _fake_check(x_adv, x_nat)
+
+
+@torch.library.register_fake("robustkern::conv_singular_values")
+def _(weight, fft_size, stride, dilation, groups, method, max_iters, tol, prune):
+    torch._check(weight.dim() == 5, lambda: "weight must be (B, C_out, C_in / groups, kh, kw)")
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    mh, mw = fft_size[0] // stride[0], fft_size[1] // stride[1]
+    sigma = weight.new_empty(weight.shape[0], mh, mw // 2 + 1, dtype=acc)
+    return sigma, weight.new_empty(weight.shape[0], dtype=acc)

@@ -1,0 +1,208 @@
+// Largest singular value of a convolution at every frequency of its Fourier spectrum (Sedghi et
+// al. 2019; strides as in Szegedy et al. 2014, section 4.3) and their maximum, the operator norm.
+//
+// Device-generic by design: the work is rfft2 and batched GEMM, which pocketfft/MKL and
+// cuFFT/cuBLAS do better than hand-written kernels, so this one implementation is registered for
+// the CPU and the CUDA dispatch keys. The specification is robustkern.reference.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <tuple>
+
+namespace robustkern {
+namespace {
+
+constexpr const char* kOp = "conv_singular_values";
+
+// float32 matmuls at full precision for the op's duration: TF32 (cuBLAS) or bf16/tf32 (oneDNN)
+// rounding would void the certificate. NoTF32Guard is thread-local; the oneDNN setting is global
+// and only touched when the user lowered it.
+class FullPrecisionMatmul {
+ public:
+  FullPrecisionMatmul()
+      : onednn_(at::globalContext().float32Precision(at::Float32Backend::MKLDNN,
+                                                     at::Float32Op::MATMUL)) {
+    if (lowered()) set(at::Float32Precision::IEEE);
+  }
+  ~FullPrecisionMatmul() {
+    if (lowered()) set(onednn_);
+  }
+  FullPrecisionMatmul(const FullPrecisionMatmul&) = delete;
+  FullPrecisionMatmul& operator=(const FullPrecisionMatmul&) = delete;
+
+ private:
+  bool lowered() const {
+    return onednn_ == at::Float32Precision::TF32 || onednn_ == at::Float32Precision::BF16;
+  }
+  static void set(at::Float32Precision p) {
+    at::globalContext().setFloat32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL, p);
+  }
+  at::NoTF32Guard no_tf32_;
+  at::Float32Precision onednn_;
+};
+
+void check_pair(at::IntArrayRef v, const char* name) {
+  TORCH_CHECK(v.size() == 2 && v[0] > 0 && v[1] > 0, kOp, ": ", name,
+              " must be two positive integers, got ", v);
+}
+
+// Space-to-depth (polyphase) form of a strided, dilated kernel on the M = N / stride torus:
+// (B, C_out, C_in_g * sh * sw, Mh, Mw), taps wrapped mod M. A strided convolution on the N-torus
+// is a stride-1 convolution of the phases of its input, a unitary reshape, so both have the same
+// singular values. When every tap lands at shift 0 (1x1 or patchify kernels) the spectrum is
+// constant and a 1x1 grid is returned.
+at::Tensor polyphase(const at::Tensor& w, int64_t mh, int64_t mw, at::IntArrayRef stride,
+                     at::IntArrayRef dilation) {
+  const int64_t kh = w.size(3), kw = w.size(4), sh = stride[0], sw = stride[1];
+  const bool constant = (kh - 1) * dilation[0] < sh && (kw - 1) * dilation[1] < sw;
+  if (constant) mh = mw = 1;
+  auto out = at::zeros({w.size(0), w.size(1), w.size(2), sh, sw, mh, mw}, w.options());
+  for (int64_t a = 0; a < kh; ++a) {
+    const int64_t ph = a * dilation[0] % sh, uh = a * dilation[0] / sh % mh;
+    for (int64_t b = 0; b < kw; ++b) {
+      const int64_t pw = b * dilation[1] % sw, uw = b * dilation[1] / sw % mw;
+      out.select(3, ph).select(3, pw).select(3, uh).select(3, uw).add_(w.select(3, a).select(3, b));
+    }
+  }
+  return out.reshape({w.size(0), w.size(1), w.size(2) * sh * sw, mh, mw});
+}
+
+// Frobenius norm squared of each matrix in a (P, m, n) batch.
+at::Tensor sq_norms(const at::Tensor& x) { return x.square().sum({1, 2}); }
+
+// Rounding allowance that makes a computed Gram bound a certified one: relative 16 sqrt(d) eps.
+double safety_margin(at::ScalarType t, int64_t d) {
+  const double eps = t == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                      : std::numeric_limits<float>::epsilon();
+  return 16.0 * std::sqrt(static_cast<double>(d)) * eps;
+}
+
+// Gram iteration (Delattre et al. 2023) on the Hermitian G = A A^H = X + iY, kept as its real
+// symmetric part X and antisymmetric part Y, stacked as xy = (P, 2, d, d), so that G^H G = G^2
+// costs two real matmuls: Re(G^2) = (X+Y)(X-Y) + Q + Q^T, Im(G^2) = Q - Q^T, Q = XY.
+// Each iteration rescales by the Frobenius norm (tracked in log form, so nothing overflows); after
+// t iterations ||G_t||_F^(1/2^t) >= sigma_max. A lower bound comes from the Rayleigh quotient of
+// G's largest column. Matrices whose upper bound falls below their layer's lower bound cannot hold
+// the maximum and leave the batch (prune); the loop stops once every layer's largest upper bound
+// is within tol of its lower bound. Returns the per-matrix upper bounds.
+at::Tensor gram_bounds(at::Tensor u, at::Tensor v, at::Tensor xy, at::Tensor layer,
+                       int64_t layers, int64_t max_iters, double tol, bool prune) {
+  const auto p = xy.size(0), d = xy.size(2);
+  auto opts = xy.options().dtype(at::kDouble);
+  auto bound = at::empty({p}, opts);
+  auto index = at::arange(p, xy.options().dtype(at::kLong));
+  auto log_scale = at::zeros({p}, opts);
+  for (int64_t t = 1;; ++t) {
+    auto col_sq = xy.square().sum({1, 2});  // (P, d): squared column norms of G
+    auto fro = col_sq.sum(1).to(at::kDouble).sqrt();
+    auto safe = at::where(fro > 0, fro, at::ones_like(fro));
+    auto ub = at::where(fro > 0, ((log_scale + safe.log()) / std::ldexp(1.0, t)).exp(),
+                        at::zeros_like(fro));
+    bound.index_put_({index}, ub);
+
+    auto pick = col_sq.argmax(1).view({-1, 1, 1, 1}).expand({-1, 2, d, 1});
+    auto col = xy.gather(3, pick);  // v = a + ib, (P, 2, d, 1)
+    auto a = col.select(1, 0), b = col.select(1, 1);
+    auto ut = u.transpose(1, 2), vt = v.transpose(1, 2);
+    auto av_re = at::matmul(ut, a) + at::matmul(vt, b);  // A^H v
+    auto av_im = at::matmul(ut, b) - at::matmul(vt, a);
+    auto vnorm = (sq_norms(a) + sq_norms(b)).to(at::kDouble);
+    auto av = (sq_norms(av_re) + sq_norms(av_im)).to(at::kDouble);
+    auto lb = at::where(vnorm > 0, (av / vnorm).sqrt(),
+                        at::zeros_like(vnorm));
+    auto lb_layer = at::zeros({layers}, opts).scatter_reduce(0, layer, lb, "amax");
+    auto ub_layer = at::zeros({layers}, opts).scatter_reduce(0, layer, ub, "amax");
+    if (t >= max_iters || (ub_layer <= lb_layer * (1.0 + tol)).all().item<bool>()) break;
+
+    if (prune) {
+      auto keep = (ub >= lb_layer.index_select(0, layer)).nonzero().squeeze(1);
+      if (keep.size(0) < index.size(0)) {
+        u = u.index_select(0, keep), v = v.index_select(0, keep), xy = xy.index_select(0, keep);
+        layer = layer.index_select(0, keep), index = index.index_select(0, keep);
+        log_scale = log_scale.index_select(0, keep), safe = safe.index_select(0, keep);
+      }
+    }
+    xy.div_(safe.to(xy.scalar_type()).view({-1, 1, 1, 1}));
+    log_scale = 2.0 * (log_scale + safe.log());
+    auto x = xy.select(1, 0), y = xy.select(1, 1);
+    auto q = at::matmul(x, y);
+    auto qt = q.transpose(1, 2);
+    xy = at::stack({at::baddbmm(q + qt, x + y, x - y), q - qt}, 1);
+  }
+  return bound;
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_singular_values(const at::Tensor& weight,
+                                                        at::IntArrayRef fft_size,
+                                                        at::IntArrayRef stride,
+                                                        at::IntArrayRef dilation, int64_t groups,
+                                                        c10::string_view method,
+                                                        int64_t max_iters, double tol, bool prune) {
+  TORCH_CHECK(weight.dim() == 5, kOp,
+              ": weight must be (B, C_out, C_in / groups, kh, kw), got shape ", weight.sizes());
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), kOp,
+              ": weight must be a floating tensor, got ", weight.scalar_type());
+  check_pair(fft_size, "fft_size");
+  check_pair(stride, "stride");
+  check_pair(dilation, "dilation");
+  TORCH_CHECK(fft_size[0] % stride[0] == 0 && fft_size[1] % stride[1] == 0, kOp,
+              ": fft_size ", fft_size, " must be a multiple of the stride ", stride);
+  TORCH_CHECK(groups >= 1 && weight.size(1) % groups == 0, kOp, ": groups=", groups,
+              " must be >= 1 and divide C_out=", weight.size(1));
+  TORCH_CHECK(method == "gram" || method == "exact", kOp,
+              ": method must be 'gram' or 'exact', got '", std::string(method), "'");
+  TORCH_CHECK(max_iters >= 1, kOp, ": max_iters must be >= 1, got ", max_iters);
+  TORCH_CHECK(tol >= 0, kOp, ": tol must be >= 0, got ", tol);
+
+  const auto acc = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t nb = weight.size(0), mh = fft_size[0] / stride[0], mw = fft_size[1] / stride[1];
+  auto sigma = at::zeros({nb, mh, mw / 2 + 1}, weight.options().dtype(acc));
+  if (weight.numel() == 0) return {sigma, sigma.amax({1, 2})};
+  TORCH_CHECK(at::isfinite(weight).all().item<bool>(), kOp, ": weight has NaN or inf entries");
+
+  FullPrecisionMatmul full_precision;
+  auto k = polyphase(weight.to(acc), mh, mw, stride, dilation);
+  const int64_t gh = k.size(3), fw = k.size(4) / 2 + 1;
+  const int64_t rows = weight.size(1) / groups, cols = k.size(2);
+  // One (rows x cols) complex matrix per layer, group and frequency: (P, rows, cols).
+  auto a = at::fft_rfft2(k)
+               .view({nb, groups, rows, cols, gh, fw})
+               .permute({0, 1, 4, 5, 2, 3})
+               .reshape({-1, rows, cols});
+  auto u = at::real(a), v = at::imag(a);
+  if (rows > cols) u = u.transpose(1, 2), v = -v.transpose(1, 2);  // same singular values
+  u = u.contiguous(), v = v.contiguous();
+  const int64_t d = u.size(1);
+
+  at::Tensor bound;
+  if (d == 1) {  // one row: its norm is exact
+    bound = (sq_norms(u) + sq_norms(v)).to(at::kDouble).sqrt();
+  } else {
+    auto uv = at::cat({u, v}, 2);
+    auto w = at::matmul(v, u.transpose(1, 2));
+    auto xy = at::stack({at::matmul(uv, uv.transpose(1, 2)), w - w.transpose(1, 2)}, 1);
+    if (method == "exact") {
+      auto g = at::complex(xy.select(1, 0), xy.select(1, 1));  // A A^H
+      bound = at::linalg_eigvalsh(g).select(1, d - 1).clamp_min(0).sqrt();
+    } else {
+      auto layer = at::arange(nb, u.options().dtype(at::kLong))
+                       .repeat_interleave(u.size(0) / nb);
+      bound = gram_bounds(u, v, xy, layer, nb, max_iters, tol, prune);
+    }
+  }
+  if (method == "gram") bound = bound * (1.0 + safety_margin(acc, d));
+  sigma = bound.to(acc).view({nb, groups, gh, fw}).amax(1);
+  if (gh != mh) sigma = sigma.expand({nb, mh, mw / 2 + 1}).contiguous();
+  return {sigma, sigma.amax({1, 2})};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(robustkern, CPU, m) { m.impl(kOp, &conv_singular_values); }
+TORCH_LIBRARY_IMPL(robustkern, CUDA, m) { m.impl(kOp, &conv_singular_values); }
+
+}  // namespace robustkern
