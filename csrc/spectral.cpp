@@ -89,8 +89,8 @@ double safety_margin(at::ScalarType t, int64_t d) {
 // G's largest column. Matrices whose upper bound falls below their layer's lower bound cannot hold
 // the maximum and leave the batch (prune); the loop stops once every layer's largest upper bound
 // is within tol of its lower bound. Returns the per-matrix upper bounds.
-at::Tensor gram_bounds(at::Tensor u, at::Tensor v, at::Tensor xy, at::Tensor layer,
-                       int64_t layers, int64_t max_iters, double tol, bool prune) {
+at::Tensor gram_bounds(at::Tensor u, at::Tensor v, at::Tensor xy, at::Tensor layer, int64_t layers,
+                       int64_t max_iters, double tol, bool prune) {
   const auto p = xy.size(0), d = xy.size(2);
   auto opts = xy.options().dtype(at::kDouble);
   auto bound = at::empty({p}, opts);
@@ -112,8 +112,7 @@ at::Tensor gram_bounds(at::Tensor u, at::Tensor v, at::Tensor xy, at::Tensor lay
     auto av_im = at::matmul(ut, b) - at::matmul(vt, a);
     auto vnorm = (sq_norms(a) + sq_norms(b)).to(at::kDouble);
     auto av = (sq_norms(av_re) + sq_norms(av_im)).to(at::kDouble);
-    auto lb = at::where(vnorm > 0, (av / vnorm).sqrt(),
-                        at::zeros_like(vnorm));
+    auto lb = at::where(vnorm > 0, (av / vnorm).sqrt(), at::zeros_like(vnorm));
     auto lb_layer = at::zeros({layers}, opts).scatter_reduce(0, layer, lb, "amax");
     auto ub_layer = at::zeros({layers}, opts).scatter_reduce(0, layer, ub, "amax");
     if (t >= max_iters || (ub_layer <= lb_layer * (1.0 + tol)).all().item<bool>()) break;
@@ -140,8 +139,8 @@ std::tuple<at::Tensor, at::Tensor> conv_singular_values(const at::Tensor& weight
                                                         at::IntArrayRef fft_size,
                                                         at::IntArrayRef stride,
                                                         at::IntArrayRef dilation, int64_t groups,
-                                                        c10::string_view method,
-                                                        int64_t max_iters, double tol, bool prune) {
+                                                        c10::string_view method, int64_t max_iters,
+                                                        double tol, bool prune) {
   TORCH_CHECK(weight.dim() == 5, kOp,
               ": weight must be (B, C_out, C_in / groups, kh, kw), got shape ", weight.sizes());
   TORCH_CHECK(at::isFloatingType(weight.scalar_type()), kOp,
@@ -149,8 +148,8 @@ std::tuple<at::Tensor, at::Tensor> conv_singular_values(const at::Tensor& weight
   check_pair(fft_size, "fft_size");
   check_pair(stride, "stride");
   check_pair(dilation, "dilation");
-  TORCH_CHECK(fft_size[0] % stride[0] == 0 && fft_size[1] % stride[1] == 0, kOp,
-              ": fft_size ", fft_size, " must be a multiple of the stride ", stride);
+  TORCH_CHECK(fft_size[0] % stride[0] == 0 && fft_size[1] % stride[1] == 0, kOp, ": fft_size ",
+              fft_size, " must be a multiple of the stride ", stride);
   TORCH_CHECK(groups >= 1 && weight.size(1) % groups == 0, kOp, ": groups=", groups,
               " must be >= 1 and divide C_out=", weight.size(1));
   TORCH_CHECK(method == "gram" || method == "exact", kOp,
@@ -189,8 +188,7 @@ std::tuple<at::Tensor, at::Tensor> conv_singular_values(const at::Tensor& weight
       auto g = at::complex(xy.select(1, 0), xy.select(1, 1));  // A A^H
       bound = at::linalg_eigvalsh(g).select(1, d - 1).clamp_min(0).sqrt();
     } else {
-      auto layer = at::arange(nb, u.options().dtype(at::kLong))
-                       .repeat_interleave(u.size(0) / nb);
+      auto layer = at::arange(nb, u.options().dtype(at::kLong)).repeat_interleave(u.size(0) / nb);
       bound = gram_bounds(u, v, xy, layer, nb, max_iters, tol, prune);
     }
   }
