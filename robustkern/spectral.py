@@ -114,15 +114,8 @@ def conv_singular_values(
     stride-reduced torus, (Mh, Mw // 2 + 1) or (B, ...) for a batch of layers: a heat map of
     where the layer amplifies. The other half is the mirror image (real kernels). With
     ``prune=True`` frequencies that cannot hold the maximum keep a looser (still valid) bound."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    w = _as_batch(weight)
-    n = fft_size(input_size, w.shape[-2:], stride, padding, dilation)
-    sigma, _ = torch.ops.robustkern.conv_singular_values(
-        w.detach(), n, _pair(stride, "stride"), _pair(dilation, "dilation"), groups, method,
-        max_iters, tol, prune,
-    )  # fmt: skip
-    return sigma if weight.dim() == 5 else sigma[0]
+    args = (input_size, stride, padding, dilation, groups, method, max_iters, tol)
+    return _run_op(weight, *args, prune=prune)[0]
 
 
 def conv_operator_norm(
@@ -144,18 +137,26 @@ def conv_operator_norm(
     zero padding (int, pair, "same", "valid"): a certified upper bound. ``transposed``: the
     ConvTranspose2d with this weight (C_in, C_out / groups, kh, kw), whose norm is that of the
     conv it is the adjoint of, taken on its output size."""
+    size = _pair(input_size, "input_size")
+    if transposed:
+        s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
+        kernel = _as_batch(weight).shape[-2:]
+        size = _transposed_output_size(size, kernel, s, padding, d, output_padding)
+    args = (size, stride, padding, dilation, groups, method, max_iters, tol)
+    return _run_op(weight, *args, prune=True)[1]
+
+
+def _run_op(weight, input_size, stride, padding, dilation, groups, method, max_iters, tol, prune):
+    """(per-frequency sigma, norm) from the op, for one layer (4-D weight) or a batch (5-D)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     w = _as_batch(weight)
     s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
-    size = _pair(input_size, "input_size")
-    if transposed:
-        size = _transposed_output_size(size, w.shape[-2:], s, padding, d, output_padding)
-    n = fft_size(size, w.shape[-2:], s, padding, d)
-    _, norm = torch.ops.robustkern.conv_singular_values(
-        w.detach(), n, s, d, groups, method, max_iters, tol, True
+    n = fft_size(input_size, w.shape[-2:], s, padding, d)
+    sigma, norm = torch.ops.robustkern.conv_singular_values(
+        w.detach(), n, s, d, groups, method, max_iters, tol, prune
     )
-    return norm if weight.dim() == 5 else norm[0]
+    return (sigma, norm) if weight.dim() == 5 else (sigma[0], norm[0])
 
 
 def _transposed_output_size(size, kernel, stride, padding, dilation, output_padding):
