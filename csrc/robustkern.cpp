@@ -21,7 +21,8 @@ TORCH_LIBRARY(robustkern, m) {
       "float lo, float hi) -> ()");
   // Per-frequency largest singular values of (B) conv layers on the fft_size torus, max over
   // groups, on the rfft2 half-grid (B, fft_size / stride with the last dim halved), and their max
-  // (B). method 'gram': certified upper bounds; 'exact': eigenvalues. See csrc/spectral.cpp.
+  // (B). method 'gram': certified upper bounds; 'exact': eigenvalues. Computed and returned in
+  // float64 for float64 weights, float32 otherwise. See csrc/spectral.cpp.
   m.def(
       "conv_singular_values(Tensor weight, int[2] fft_size, int[2] stride, int[2] dilation, "
       "int groups, str method, int max_iters, float tol, bool prune) -> (Tensor, Tensor)");

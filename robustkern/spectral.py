@@ -12,6 +12,7 @@ circular):
   stride), whose norm is therefore a certified upper bound; ``conv_lower_bound`` (power iteration
   on the real operator) brackets it from below.
 
+Results are float64 for float64 weights, float32 otherwise (float16/bfloat16 weights included).
 ``method="gram"`` (default) returns certified upper bounds: Gram iteration with rescaling
 (Delattre et al. 2023), frequencies that cannot hold the maximum pruned, the computed value times
 ``1 + 16 sqrt(d) eps`` for rounding (d the smaller matrix side, eps the compute type's). Iteration

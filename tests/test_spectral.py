@@ -103,6 +103,26 @@ def test_per_frequency_values_match_the_reference(layer, dtype):
     assert exact.dtype == gram.dtype == dtype
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda w: w.contiguous(memory_format=torch.channels_last_3d),
+        lambda w: w.transpose(3, 4).contiguous().transpose(3, 4),  # strided
+        lambda w: w[:, :, :, ::2, ::2],  # a sliced view
+        lambda w: w.half(),
+        lambda w: w.bfloat16(),
+    ],
+    ids=["channels_last", "strided", "sliced", "float16", "bfloat16"],
+)
+def test_layouts_and_low_precision_weights(layout):
+    w = layout(torch.randn(2, 6, 4, 5, 5))
+    want = reference.conv_singular_values(w.double(), (8, 8), (2, 2), (1, 1), 2)[0]
+    for method in ("exact", "gram"):
+        got = OP(w, [8, 8], [2, 2], [1, 1], 2, method, 16, 1e-6, False)[0]
+        assert got.dtype == torch.float32  # half inputs are computed and returned in float32
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_pruned_max_equals_the_unpruned_max():
     w = torch.randn(4, 16, 8, 3, 3, dtype=torch.float64)
     sigma_p, norm_p = OP(w, [16, 16], [1, 1], [1, 1], 1, "gram", 16, 1e-9, True)
