@@ -26,6 +26,13 @@ TORCH_LIBRARY(robustkern, m) {
   m.def(
       "conv_singular_values(Tensor weight, int[2] fft_size, int[2] stride, int[2] dilation, "
       "int groups, str method, int max_iters, float tol, bool prune) -> (Tensor, Tensor)");
+  // Fourier-basis perturbations (Yin et al. 2019): out[f, n, c] = clip(x[n, c] + eps *
+  // signs[f, n, c] * U(freqs[f]), lo, hi), (F, N, C, H, W) in x's dtype, with U(i, j) the real,
+  // unit-L2-norm basis image of frequency (i, j) (convention: robustkern/fourier_basis.h),
+  // synthesised on the fly. freqs: int64 (F, 2); signs: (F, N, C) or None for all +1.
+  m.def(
+      "fourier_perturb(Tensor x, Tensor freqs, float eps, Tensor? signs, float lo, float hi) "
+      "-> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 import robustkern
-from robustkern import data, models, spectral, training
+from robustkern import corruptions, data, fourier, models, spectral, training
+from robustkern._io import atomic_torch_save, atomic_write_text
 from robustkern.attacks import NORMS
 
 DEFAULT_EPOCHS = 10
@@ -55,10 +56,7 @@ def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.n
     training.fit(
         model, x_train, y_train, epochs=args.epochs, seed=args.seed, progress=not args.no_progress
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written model
+    atomic_torch_save(model.state_dict(), path)  # a killed run never leaves half a model
     return model
 
 
@@ -77,9 +75,7 @@ def load_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.M
 
 def cmd_attack(args) -> int:
     torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test = data.load(args.data)
-    if args.limit:
-        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+    x_train, y_train, x_test, y_test = test_split(args)
     model = load_model(args, x_train, y_train)
     kwargs = {"eps": args.eps}
     if args.attack == "pgd":
@@ -130,11 +126,94 @@ def cmd_spectral(args) -> int:
     print(f"input shape {shape}; upper bounds are L2 operator norms (certified unless noted)\n")
     print(table)
     if args.json:
-        path = Path(args.json)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(table.to_json())
-        os.replace(tmp, path)
-        print(f"\nwrote {path}")
+        print(f"\nwrote {atomic_write_text(args.json, table.to_json())}")
+    return 0
+
+
+def test_split(args) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_test, y_test) of --data, the test split cut to --limit."""
+    x_train, y_train, x_test, y_test = data.load(args.data)
+    if args.limit:
+        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
+    return x_train, y_train, x_test, y_test
+
+
+def cmd_fourier(args) -> int:
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test = test_split(args)
+    model = load_model(args, x_train, y_train)
+    out = Path(args.out)
+    h, w = x_test.shape[-2:]
+    print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")
+    print(f"Fourier heat map: eps {args.eps:g} (L2 norm per channel), {h}x{w} frequencies")
+    checkpoint = out / "heatmap.ckpt"
+    error_map, counts = fourier.heatmap(
+        model,
+        x_test,
+        y_test,
+        eps=args.eps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        checkpoint=checkpoint,
+        progress=not args.no_progress,
+        return_counts=True,
+    )
+    profile = fourier.radial_profile(error_map)
+    worst = divmod(int(error_map.argmax()), w)
+    print(f"mean error over frequencies {100 * error_map.mean().item():.2f} %")
+    print(
+        f"highest error {100 * error_map.max().item():.2f} % at frequency "
+        f"({worst[0] - h // 2}, {worst[1] - w // 2})"
+    )
+    print("radial profile (low -> high):", " ".join(f"{100 * v:.0f}" for v in profile.tolist()))
+    report = {
+        "eps": args.eps,
+        "n": len(x_test),
+        "shape": list(x_test.shape[1:]),
+        "convention": "index (r, s) is frequency (r - H // 2, s - W // 2); see robustkern.fourier",
+        "error": error_map.tolist(),
+        "errors": counts.tolist(),
+        "radial_profile": profile.tolist(),
+    }
+    title = f"Fourier heat map, eps {args.eps:g}, n={len(x_test)}"
+    print(f"wrote {fourier.plot_heatmap(error_map, out / 'heatmap.png', title=title)}")
+    print(f"wrote {atomic_write_text(out / 'heatmap.json', json.dumps(report))}")
+    checkpoint.unlink(missing_ok=True)  # the results are written; nothing left to resume
+    return 0
+
+
+def cmd_corruptions(args) -> int:
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test = test_split(args)
+    model = load_model(args, x_train, y_train)
+    baseline = None
+    if args.baseline_model:
+        kwargs = json.loads(args.baseline_model_kwargs) if args.baseline_model_kwargs else {}
+        baseline = models.from_spec(
+            args.baseline_model,
+            args.baseline_weights,
+            kwargs=kwargs,
+            trust_pickle=args.trust_pickle,
+        ).to(args.device)
+    names = args.corruptions.split(",") if args.corruptions else corruptions.CORRUPTIONS
+    print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")
+    report = corruptions.corruption_report(
+        model,
+        x_test,
+        y_test,
+        corruptions=names,
+        baseline=baseline,
+        table=args.table,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(report)
+    out = Path(args.out)
+    print(f"wrote {corruptions.plot_report(report, out / 'corruptions.png')}")
+    print(f"wrote {atomic_write_text(out / 'corruptions.json', json.dumps(report.to_dict()))}")
     return 0
 
 
@@ -190,6 +269,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="exact per-frequency SVD, not Gram bounds")
     p.add_argument("--json", help="also write the table to this JSON file")
     p.set_defaults(func=cmd_spectral)
+    p = sub.add_parser(
+        "fourier", help="Fourier heat map: error under single-frequency perturbations (Yin et al.)"
+    )
+    add_model_args(p)
+    p.add_argument("--eps", type=float, default=4.0, help="L2 norm of the basis image per channel")
+    p.add_argument("--limit", type=int, default=1000, help="use the first N test images (0: all)")
+    p.add_argument("--batch-size", type=int, default=1024, help="perturbed images per forward")
+    p.add_argument("--out", default="fourier", help="directory for heatmap.png and heatmap.json")
+    p.set_defaults(func=cmd_fourier)
+    p = sub.add_parser("corruptions", help="accuracy under common corruptions, 5 severities each")
+    add_model_args(p)
+    p.add_argument("--corruptions", help="comma-separated names (default: all)")
+    p.add_argument("--table", choices=("auto", "cifar", "imagenet"), default="auto")
+    p.add_argument("--baseline-model", help="module:factory of a baseline model for mCE")
+    p.add_argument("--baseline-model-kwargs", help="JSON keyword arguments for the baseline")
+    p.add_argument("--baseline-weights", help="state-dict file for --baseline-model")
+    p.add_argument("--limit", type=int, default=1000, help="use the first N test images (0: all)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default="corruptions", help="directory for the PNG and JSON")
+    p.set_defaults(func=cmd_corruptions)
     return parser
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -76,12 +77,10 @@ def evaluate(
     classified samples are attacked. The model runs in eval mode and its mode is restored after.
     """
     attack_fn, name = _attack_fn(attack, attack_kwargs)
-    device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
+    device = torch.device(device) if device is not None else model_device(model)
     clean, robust = [], []
     start = time.perf_counter()
-    try:
+    with eval_mode(model):
         batches, total = _batches(data, batch_size)
         for x, y in tqdm(
             batches, total=total, desc=f"evaluate ({name})", disable=not progress, unit="batch"
@@ -96,8 +95,6 @@ def evaluate(
                 still[idx] = ~fooled
             clean.append(ok.cpu())
             robust.append(still.cpu())
-    finally:
-        model.train(was_training)
     empty = torch.zeros(0, dtype=torch.bool)
     return Evaluation(
         torch.cat(clean) if clean else empty,
@@ -134,9 +131,21 @@ def _with_success(attack_fn: AttackFn) -> _Outcome:
     return run
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in eval mode for the block; its previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _batches(data: Data, batch_size: int) -> tuple[Iterable, int | None]:

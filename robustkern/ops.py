@@ -20,7 +20,7 @@ from robustkern import _C  # noqa: F401  (registers torch.ops.robustkern)
 Bounds = tuple[float, float]
 PerSample = float | torch.Tensor
 
-__all__ = ["l2_project_", "l2_step_", "linf_project_", "linf_step_"]
+__all__ = ["fourier_perturb", "l2_project_", "l2_step_", "linf_project_", "linf_step_"]
 
 
 def split_per_sample(
@@ -97,6 +97,28 @@ def l2_project_(
     torch.ops.robustkern.l2_project_(x_adv, x_nat, e, e_t, *_bounds(bounds))
 
 
+def fourier_perturb(
+    x: torch.Tensor,
+    freqs: torch.Tensor,
+    *,
+    eps: float,
+    signs: torch.Tensor | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> torch.Tensor:
+    """Fourier-basis perturbations of a batch of images, frequency-major.
+
+    Returns ``out`` of shape (F, N, C, H, W) in x's dtype with
+    ``out[f, n, c] = clip(x[n, c] + eps * signs[f, n, c] * U(freqs[f]), lo, hi)``, where U(i, j)
+    is the real basis image of unit L2 norm (per channel) whose spectrum lives at (i, j) and
+    (-i, -j); see ``robustkern.fourier`` for the convention. ``freqs``: int64 (F, 2) offsets from
+    the zero frequency (any integers, taken mod (H, W)); ``signs``: (F, N, C), usually +-1, or
+    None for all +1. ``out.flatten(0, 1)`` is a model-ready batch (N images per frequency, in
+    x's memory format: channels_last in, channels_last out). The basis is synthesised on the
+    fly; no basis bank is built."""
+    freqs = torch.as_tensor(freqs, dtype=torch.int64, device=x.device)
+    return torch.ops.robustkern.fourier_perturb(x, freqs, float(eps), signs, *_bounds(bounds))
+
+
 def _fake_check(x_adv: torch.Tensor, *others: torch.Tensor) -> None:
     for t in others:
         torch._check(t.shape == x_adv.shape, lambda: "x_nat/grad must have x_adv's shape")
@@ -131,3 +153,14 @@ def _(weight, fft_size, stride, dilation, groups, method, max_iters, tol, prune)
     mh, mw = fft_size[0] // stride[0], fft_size[1] // stride[1]
     sigma = weight.new_empty(weight.shape[0], mh, mw // 2 + 1, dtype=acc)
     return sigma, weight.new_empty(weight.shape[0], dtype=acc)
+
+
+@torch.library.register_fake("robustkern::fourier_perturb")
+def _(x, freqs, eps, signs, lo, hi):
+    torch._check(x.dim() == 4, lambda: "x must be (N, C, H, W)")
+    torch._check(freqs.dim() == 2 and freqs.shape[1] == 2, lambda: "freqs must be (F, 2)")
+    n, c, h, w = x.shape
+    f = freqs.shape[0]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() and c > 1:
+        return x.new_empty(f, n, h, w, c).permute(0, 1, 4, 2, 3)
+    return x.new_empty(f, n, c, h, w)

@@ -163,3 +163,38 @@ def gram_bound(a: torch.Tensor, iters: int) -> torch.Tensor:
         a = a.mH @ a
     r = torch.linalg.matrix_norm(a).double()
     return ((log_scale + r.log()) / 2**iters).exp().to(a.real.dtype)
+
+
+# Fourier family (``fourier_perturb``). U(i, j) is the real, unit-L2-norm image whose 2-D DFT is
+# non-zero only at (i, j) and its conjugate (-i, -j): the real part of the inverse DFT of a
+# spectrum with ones at both, normalised. Frequencies are offsets from the zero frequency and are
+# taken mod (H, W); see robustkern.fourier for the stated convention.
+
+
+def fourier_basis(h: int, w: int, freqs: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
+    """(F, h, w) basis images U(freqs[f]) built with torch.fft.ifft2."""
+    spectrum = torch.zeros(len(freqs), h, w, dtype=torch.complex128, device=freqs.device)
+    index = torch.arange(len(freqs), device=freqs.device)
+    i, j = freqs[:, 0] % h, freqs[:, 1] % w
+    spectrum[index, i, j] = 1
+    spectrum[index, -i % h, -j % w] = 1
+    basis = torch.fft.ifft2(spectrum).real
+    return (basis / basis.flatten(1).norm(dim=1)[:, None, None]).to(dtype)
+
+
+def fourier_perturb(
+    x: torch.Tensor,
+    freqs: torch.Tensor,
+    *,
+    eps: float,
+    signs: torch.Tensor | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> torch.Tensor:
+    """(F, N, C, H, W): clip(x[n, c] + eps * signs[f, n, c] * U(freqs[f]), lo, hi)."""
+    acc = _acc(x)
+    basis = fourier_basis(x.shape[2], x.shape[3], freqs.to(x.device), acc)
+    scale = torch.full((len(freqs), *x.shape[:2]), float(eps), dtype=acc, device=x.device)
+    if signs is not None:
+        scale = scale * signs.to(acc)
+    out = x.to(acc)[None] + scale[..., None, None] * basis[:, None, None]
+    return _clip_bounds(out, bounds).to(x.dtype)

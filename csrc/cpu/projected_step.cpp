@@ -14,12 +14,7 @@
 #include <vector>
 
 #include "robustkern/checks.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define RK_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RK_SIMD_CLONES
-#endif
+#include "robustkern/cpu_loops.h"
 
 namespace robustkern {
 namespace {
@@ -27,16 +22,6 @@ namespace {
 constexpr int64_t kGrain =
     1 << 15;  // elements per task: below this, threads cost more than they save
 constexpr int64_t kChunk = 1 << 14;  // elements per partial sum in the L2 reductions
-
-// Written as comparisons so the loops vectorise; NaN in `a` propagates like torch.clamp.
-template <typename A>
-inline A max_of(A a, A b) {
-  return a < b ? b : a;
-}
-template <typename A>
-inline A min_of(A a, A b) {
-  return b < a ? b : a;
-}
 
 // Non-finite gradient entries (NaN, +-inf) carry no usable direction: they count as 0.
 template <typename A>

@@ -8,33 +8,15 @@
 #include <torch/library.h>
 
 #include "kernels/projected_step.cuh"
+#include "native.h"
 #include "robustkern/checks.h"
 
 namespace robustkern {
 namespace {
 
-// at::Half / at::BFloat16 share their bit layout with CUDA's __half / __nv_bfloat16.
-template <typename T>
-struct Native {
-  using type = T;
-};
-template <>
-struct Native<at::Half> {
-  using type = __half;
-};
-template <>
-struct Native<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
 template <typename A>
 cuda::PerSample<A> per_sample_view(const at::Tensor& t, double scalar) {
   return {t.defined() ? t.data_ptr<A>() : nullptr, static_cast<A>(scalar)};
-}
-
-template <typename T>
-typename Native<T>::type* raw(const at::Tensor& t) {
-  return reinterpret_cast<typename Native<T>::type*>(t.data_ptr<T>());
 }
 
 void linf_step_cuda(at::Tensor x_adv, const at::Tensor& x_nat, const at::Tensor& grad, double alpha,

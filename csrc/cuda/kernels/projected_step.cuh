@@ -8,12 +8,12 @@
 // per sample, so results are deterministic. All launches go on the given stream; none syncs.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <type_traits>
+
+#include "common.cuh"
 
 namespace robustkern {
 namespace cuda {
@@ -21,34 +21,6 @@ namespace cuda {
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8192;  // elements per block in the L2 partial sums
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-// Compute ("accumulate") type: float for float/half/bfloat16, double for double.
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T, typename A>
-__device__ __forceinline__ T from_acc(A v) {
-  return static_cast<T>(v);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half, float>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // alpha or eps: one scalar, or one value per sample when `values` is set.
 template <typename A>
@@ -58,12 +30,6 @@ struct PerSample {
   __device__ __forceinline__ A operator[](int64_t i) const { return values ? values[i] : scalar; }
 };
 
-// torch.clamp semantics: a NaN value propagates.
-template <typename A>
-__device__ __forceinline__ A clamp(A v, A lo, A hi) {
-  v = v < lo ? lo : v;
-  return hi < v ? hi : v;
-}
 // Non-finite gradient entries (NaN, +-inf) carry no usable direction: they count as 0.
 template <typename A>
 __device__ __forceinline__ A finite_or_zero(A g) {
