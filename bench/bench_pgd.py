@@ -8,7 +8,7 @@ import torch
 
 import robustkern
 from bench.timing import interleaved_medians, sync
-from robustkern import data, models, training
+from robustkern import models
 from robustkern.attacks import pgd
 from robustkern.attacks._common import input_grad
 
@@ -16,16 +16,6 @@ HAS_TA = importlib.util.find_spec("torchattacks") is not None
 HAS_FB = importlib.util.find_spec("foolbox") is not None
 EPS, STEPS = 0.3, 10
 ALPHA = 2.5 * EPS / STEPS
-
-
-@pytest.fixture(scope="module")
-def mnist_cnn():
-    """The small CNN trained on mnist-5k (a standard, non-robust model) and its test split."""
-    torch.manual_seed(0)
-    x, y, xt, yt = data.load("mnist-5k")
-    model = models.small_cnn(1, 10)
-    training.fit(model, x, y, epochs=10, progress=False)
-    return model.eval(), xt, yt
 
 
 def throughput_rows(report, title, model, x, y, eps, alpha):

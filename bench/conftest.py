@@ -51,6 +51,18 @@ def report() -> Report:
     return Report()
 
 
+@pytest.fixture(scope="session")
+def mnist_cnn():
+    """The small CNN trained on mnist-5k (a standard, non-robust model) and its test split."""
+    from robustkern import data, models, training
+
+    torch.manual_seed(0)
+    x, y, xt, yt = data.load("mnist-5k")
+    model = models.small_cnn(1, 10)
+    training.fit(model, x, y, epochs=10, progress=False)
+    return model.eval(), xt, yt
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _tables:
         return

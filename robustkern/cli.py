@@ -275,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--eps", type=float, default=4.0, help="L2 norm of the basis image per channel")
     p.add_argument("--limit", type=int, default=1000, help="use the first N test images (0: all)")
-    p.add_argument("--batch-size", type=int, default=1024, help="perturbed images per forward")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward (256 CPU, 4096 GPU)"
+    )
     p.add_argument("--out", default="fourier", help="directory for heatmap.png and heatmap.json")
     p.set_defaults(func=cmd_fourier)
     p = sub.add_parser("corruptions", help="accuracy under common corruptions, 5 severities each")
