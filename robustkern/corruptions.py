@@ -465,6 +465,7 @@ def plot_report(report: CorruptionReport, path: str | Path) -> Path:
             base = report.baseline.accuracy[name]
             ax.plot(severities, [100 * a for a in base], linestyle="--", color=colour, alpha=0.6)
     ax.axhline(100 * report.clean_accuracy, color="black", linewidth=1, label="clean")
+    ax.set_xticks(range(1, 1 + max((len(r) for r in report.accuracy.values()), default=0)))
     ax.set_xlabel("severity")
     ax.set_ylabel("accuracy (%)")
     title = f"common corruptions ({report.table} severities, n={report.n})"
