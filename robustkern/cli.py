@@ -60,13 +60,18 @@ def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.n
     return model
 
 
+def model_from_spec(
+    spec: str, weights: str | None, kwargs_json: str | None, trust_pickle: bool
+) -> torch.nn.Module:
+    """module:factory with JSON keyword arguments and an optional state-dict file."""
+    kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    return models.from_spec(spec, weights, kwargs=kwargs, trust_pickle=trust_pickle)
+
+
 def load_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
     """--model module:factory (+ --weights), else the cached default small CNN."""
     if args.model:
-        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-        model = models.from_spec(
-            args.model, args.weights, kwargs=kwargs, trust_pickle=args.trust_pickle
-        )
+        model = model_from_spec(args.model, args.weights, args.model_kwargs, args.trust_pickle)
         print(f"model: {args.model}" + (f" with weights {args.weights}" if args.weights else ""))
     else:
         model = default_model(args, x_train, y_train)
@@ -75,7 +80,7 @@ def load_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.M
 
 def cmd_attack(args) -> int:
     torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test = test_split(args)
+    x_train, y_train, x_test, y_test = load_test_split(args)
     model = load_model(args, x_train, y_train)
     kwargs = {"eps": args.eps}
     if args.attack == "pgd":
@@ -130,7 +135,7 @@ def cmd_spectral(args) -> int:
     return 0
 
 
-def test_split(args) -> tuple[torch.Tensor, ...]:
+def load_test_split(args) -> tuple[torch.Tensor, ...]:
     """(x_train, y_train, x_test, y_test) of --data, the test split cut to --limit."""
     x_train, y_train, x_test, y_test = data.load(args.data)
     if args.limit:
@@ -140,7 +145,7 @@ def test_split(args) -> tuple[torch.Tensor, ...]:
 
 def cmd_fourier(args) -> int:
     torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test = test_split(args)
+    x_train, y_train, x_test, y_test = load_test_split(args)
     model = load_model(args, x_train, y_train)
     out = Path(args.out)
     h, w = x_test.shape[-2:]
@@ -185,16 +190,15 @@ def cmd_fourier(args) -> int:
 
 def cmd_corruptions(args) -> int:
     torch.manual_seed(args.seed)
-    x_train, y_train, x_test, y_test = test_split(args)
+    x_train, y_train, x_test, y_test = load_test_split(args)
     model = load_model(args, x_train, y_train)
     baseline = None
     if args.baseline_model:
-        kwargs = json.loads(args.baseline_model_kwargs) if args.baseline_model_kwargs else {}
-        baseline = models.from_spec(
+        baseline = model_from_spec(
             args.baseline_model,
             args.baseline_weights,
-            kwargs=kwargs,
-            trust_pickle=args.trust_pickle,
+            args.baseline_model_kwargs,
+            args.trust_pickle,
         ).to(args.device)
     names = args.corruptions.split(",") if args.corruptions else corruptions.CORRUPTIONS
     print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")

@@ -231,3 +231,14 @@ def test_cli_corruptions(tmp_path, capsys):
     assert main(["corruptions", "--data", "digits", "--corruptions", "frost", "--epochs", "1",
                  "--out", str(out), "--no-progress"]) == 2  # fmt: skip
     assert "unknown corruption" in capsys.readouterr().err
+
+
+def test_cli_corruptions_against_a_baseline_model(tmp_path):
+    out = tmp_path / "c"
+    code = main(["corruptions", "--data", "digits", "--limit", "30", "--epochs", "1",
+                 "--corruptions", "contrast", "--baseline-model", "robustkern.models:small_cnn",
+                 "--baseline-model-kwargs", '{"in_channels": 1, "width": 4}',
+                 "--out", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "corruptions.json").read_text())
+    assert {"mce", "relative_mce", "corruption_errors"} <= set(report)
