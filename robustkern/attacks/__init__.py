@@ -4,7 +4,8 @@ They drop into any training loop: input gradients only (``torch.autograd.grad``)
 train/eval mode and its parameters' ``.grad`` untouched, no host sync inside step loops.
 """
 
+from robustkern.attacks.apgd import apgd
 from robustkern.attacks.fgsm import fgsm
 from robustkern.attacks.pgd import NORMS, pgd
 
-__all__ = ["NORMS", "fgsm", "pgd"]
+__all__ = ["NORMS", "apgd", "fgsm", "pgd"]

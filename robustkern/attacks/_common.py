@@ -94,9 +94,34 @@ def input_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d loss / d x, logits). Only the input's gradient: parameters' .grad stay untouched.
     ``labels``: the (min, max) label from check_inputs, checked against the logits' shape."""
+    grad, logits, _ = loss_and_grad(model, x, lambda z: attack_loss(z, y, loss, targeted), labels)
+    return grad, logits
+
+
+def loss_and_grad(
+    model, x: torch.Tensor, loss_fn, labels: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d sum(loss) / d x, logits, per-sample loss) for ``loss_fn(logits) -> (N,)``; input
+    gradient only."""
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         logits = model(xg)
         check_logits(logits, x.shape[0], labels)
-        (grad,) = torch.autograd.grad(attack_loss(logits, y, loss, targeted).sum(), xg)
-    return grad, logits.detach()
+        loss = loss_fn(logits)
+        (grad,) = torch.autograd.grad(loss.sum(), xg)
+    return grad, logits.detach(), loss.detach()
+
+
+def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Croce & Hein's difference-of-logits ratio, to maximise (shift- and scale-invariant).
+    Untargeted: -(z_y - max_{j != y} z_j) / (z_(1) - z_(3)); targeted towards ``target``:
+    -(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2), with z_(k) the k-th largest logit."""
+    z = logits.float()
+    top = z.topk(3 if target is None else 4, dim=1).values
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    if target is None:
+        return -(z_y - z.scatter(1, y[:, None], float("-inf")).amax(1)) / (
+            top[:, 0] - top[:, 2] + 1e-12
+        )
+    z_t = z.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)

@@ -1,0 +1,237 @@
+"""Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", ICML 2020), L-inf and L2, CE and DLR losses, untargeted and
+targeted (towards the top-k other classes), on the fused step and projection ops.
+
+The published schedule: initial step 2 eps per sample; momentum 0.75 (none on the first step);
+checkpoints at 22 %, then intervals shrinking by 3 % of the budget down to 6 % (22, 41, 57, 70,
+80, 87, 93, 99 for 100 steps); at a checkpoint a sample's step is halved and it restarts from its
+best point when its loss rose in at most rho = 0.75 of the interval's steps, or when its step was
+not halved at the previous checkpoint and its best loss has not improved since. Every sample
+keeps its best (highest-loss) point and the last adversarial point found. The step loop never
+synchronises with the host; the schedule is fixed by ``steps``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robustkern.attacks._common import (
+    Bounds,
+    PerSample,
+    check_eps,
+    check_inputs,
+    check_logits,
+    dlr,
+    is_adversarial,
+    loss_and_grad,
+)
+from robustkern.attacks.pgd import NORMS, _broadcast
+
+APGD_LOSSES = ("ce", "dlr")
+
+
+def apgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: PerSample,
+    norm: str = "linf",
+    loss: str = "ce",
+    targeted: bool = False,
+    steps: int = 100,
+    restarts: int = 1,
+    n_targets: int = 9,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    bounds: Bounds = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    early_stop: bool = False,
+    return_success: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """APGD against true labels ``y``; returns x_adv (and, with ``return_success``, the bool (N,)
+    "misclassified at x_adv").
+
+    Only correctly classified samples are attacked; each restart (and, when ``targeted``, each
+    of the ``n_targets`` target classes, the 2nd, 3rd, ... highest clean logits, as in
+    AutoAttack's APGD-T) runs on the samples still classified correctly. A fooled sample returns
+    an adversarial point; the others return their highest-loss point. ``eps``: a number or one
+    value per sample. Input gradients only; ``model.training`` and parameters' ``.grad`` are
+    left untouched. DLR needs at least 3 classes (4 when targeted). ``early_stop`` (evaluation
+    use): a sample leaves the batch once adversarial, which changes no outcome and saves its
+    remaining steps, at one host sync per step; without it the step loop never syncs."""
+    labels = check_inputs(x, y, bounds)
+    n = x.shape[0]
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if loss not in APGD_LOSSES:
+        raise ValueError(f"loss must be one of {APGD_LOSSES}, got {loss!r}")
+    if steps < 1 or restarts < 1 or n_targets < 1:
+        raise ValueError(
+            f"steps, restarts and n_targets must be >= 1, got {steps}, {restarts}, {n_targets}"
+        )
+    if not (0 < rho <= 1 and 0 <= momentum <= 1):
+        raise ValueError(f"rho must be in (0, 1] and momentum in [0, 1], got {rho}, {momentum}")
+    eps = check_eps(eps, n)
+    if not bool(torch.as_tensor(eps).isfinite().all()):
+        raise ValueError("apgd needs a finite eps; for unbounded attacks use a minimum-norm attack")
+    x_nat = x.detach()
+    with torch.no_grad():
+        logits = model(x_nat)
+    check_logits(logits, n, labels)
+    classes = logits.shape[1]
+    if loss == "dlr" and classes < (4 if targeted else 3):
+        raise ValueError(
+            f"the DLR loss needs at least {4 if targeted else 3} classes, the model has {classes}"
+        )
+    success = is_adversarial(logits, y, False)
+    result = x_nat.clone()
+    targets = [None]
+    if targeted:
+        order = logits.argsort(dim=1)
+        targets = [order[:, -k] for k in range(2, min(n_targets + 2, classes + 1))]
+    for target in targets:
+        for _ in range(restarts):
+            idx = (~success).nonzero().squeeze(1)  # one sync per restart, none per step
+            if idx.numel() == 0:
+                break
+            run = _Run(
+                model, norm, loss, steps, rho, momentum, bounds, generator, labels, early_stop
+            )
+            e = eps[idx] if isinstance(eps, torch.Tensor) else eps
+            xa, fooled = run(x_nat[idx], y[idx], None if target is None else target[idx], e)
+            result[idx] = xa
+            success[idx] = fooled
+    return (result, success) if return_success else result
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations (1-based) after which APGD checks its step size."""
+    first, smallest = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1)
+    shrink = max(int(0.03 * steps), 1)
+    out, at, interval = [], 0, first
+    while at + interval <= steps:
+        at += interval
+        out.append(at)
+        interval = max(interval - shrink, smallest)
+    return out
+
+
+class _Run:
+    """One APGD run on a batch: ``__call__(x_nat, y, target, eps) -> (x_adv, fooled)``.
+
+    The per-sample state lives in one dict so that, with ``early_stop``, samples that became
+    adversarial leave every tensor at once (one host sync per step to learn which)."""
+
+    def __init__(self, model, norm, loss, steps, rho, momentum, bounds, generator, labels,
+                 early_stop):  # fmt: skip
+        self.model, self.norm, self.loss, self.steps = model, norm, loss, steps
+        self.rho, self.momentum, self.generator = rho, momentum, generator
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.labels, self.early_stop = labels, early_stop
+        self.step_op = getattr(torch.ops.robustkern, f"{norm}_step_")
+        self.project_op = getattr(torch.ops.robustkern, f"{norm}_project_")
+
+    def _loss(self, logits, y, target):
+        if self.loss == "dlr":
+            return dlr(logits, y, target)
+        ce = torch.nn.functional.cross_entropy(
+            logits.float(), y if target is None else target, reduction="none"
+        )
+        return ce if target is None else -ce
+
+    def _evaluate(self, s):
+        """Gradient, loss and "fooled" at s["x"]."""
+        grad, logits, value = loss_and_grad(
+            self.model, s["x"], lambda z: self._loss(z, s["y"], s.get("target")), self.labels
+        )
+        return grad, value, is_adversarial(logits, s["y"], False)
+
+    def _project(self, x, s):  # onto the eps-ball around x_nat, then the bounds, in place
+        self.project_op(x, s["x_nat"], 0.0, s["eps"], *self.bounds)
+
+    def __call__(self, x_nat, y, target, eps):
+        n, device = x_nat.shape[0], x_nat.device
+        eps_t = torch.as_tensor(eps, dtype=torch.float32, device=device).expand(n).clone()
+        out, found = x_nat.clone(), torch.zeros(n, dtype=torch.bool, device=device)
+        s = {"row": torch.arange(n, device=device), "x_nat": x_nat, "y": y, "eps": eps_t}
+        if target is not None:
+            s["target"] = target
+        s["x"] = self._start(x_nat, eps_t)
+        self._project(s["x"], s)
+        s["grad"], value, fooled = self._evaluate(s)
+        s.update(
+            step=2 * eps_t, adv=s["x"].clone(), found=fooled.clone(), x_best=s["x"].clone(),
+            grad_best=s["grad"].clone(), loss_best=value.clone(), x_old=s["x"].clone(),
+            loss_prev=value, rises=torch.zeros(n, device=device),
+            halved_last=torch.ones(n, dtype=torch.bool, device=device),
+            loss_best_last=value.clone(),
+        )  # fmt: skip
+        check_at, interval_start = checkpoints(self.steps), 0
+        for i in range(self.steps):
+            if self.early_stop and not self._drop_fooled(s, out, found):
+                break
+            self._iterate(s, self.momentum if i > 0 else 1.0)
+            if i + 1 in check_at:
+                self._checkpoint(s, i + 1 - interval_start)
+                interval_start = i + 1
+        if self.early_stop:
+            self._drop_fooled(s, out, found)
+        rows, keep = s["row"], _broadcast(s["found"], s["x"])
+        out[rows] = torch.where(keep, s["adv"], s["x_best"])
+        found[rows] = s["found"]
+        return out, found
+
+    def _iterate(self, s, a):
+        """One momentum step, then the gradient and the best-point bookkeeping at the new x."""
+        x = s["x"]
+        z = x.clone()
+        self.step_op(z, s["x_nat"], s["grad"], 0.0, 0.0, s["step"], s["eps"], *self.bounds)
+        x_new = x + a * (z - x) + (1 - a) * (x - s["x_old"])
+        self._project(x_new, s)
+        s["x_old"], s["x"] = x, x_new
+        s["grad"], value, fooled = self._evaluate(s)
+        s["adv"] = torch.where(_broadcast(fooled, x_new), x_new, s["adv"])
+        s["found"] = s["found"] | fooled
+        s["rises"] = s["rises"] + (value > s["loss_prev"])
+        s["loss_prev"] = value
+        better = value > s["loss_best"]
+        s["x_best"] = torch.where(_broadcast(better, x_new), x_new, s["x_best"])
+        s["grad_best"] = torch.where(_broadcast(better, x_new), s["grad"], s["grad_best"])
+        s["loss_best"] = torch.where(better, value, s["loss_best"])
+
+    def _checkpoint(self, s, interval):
+        """Halve the step and go back to the best point where progress stalled."""
+        halve = (s["rises"] <= interval * self.rho) | (
+            ~s["halved_last"] & (s["loss_best_last"] >= s["loss_best"])
+        )
+        s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+        s["x"] = torch.where(_broadcast(halve, s["x"]), s["x_best"], s["x"])
+        s["grad"] = torch.where(_broadcast(halve, s["x"]), s["grad_best"], s["grad"])
+        s["halved_last"], s["loss_best_last"] = halve, s["loss_best"].clone()
+        s["rises"] = torch.zeros_like(s["rises"])
+
+    @staticmethod
+    def _drop_fooled(s, out, found) -> bool:
+        """Writes the fooled samples' adversarial points to ``out`` and removes them from the
+        state; False when none is left. One host sync."""
+        fooled = s["found"]
+        if not bool(fooled.any()):
+            return True
+        rows = s["row"][fooled]
+        out[rows], found[rows] = s["adv"][fooled], True
+        keep = ~fooled
+        for key, value in s.items():
+            s[key] = value[keep]
+        return bool(keep.any())
+
+    def _start(self, x_nat, eps_t):
+        """x_nat + eps * t / ||t|| (uniform t, L-inf; Gaussian t, L2), as AutoAttack."""
+        t = torch.empty_like(x_nat)
+        if self.norm == "linf":
+            t.uniform_(-1.0, 1.0, generator=self.generator)
+            scale = t.flatten(1).abs().amax(1)
+        else:
+            t.normal_(generator=self.generator)
+            scale = t.flatten(1).norm(dim=1)
+        return x_nat + t * _broadcast(eps_t / scale.clamp_min(1e-12), t).to(t.dtype)
