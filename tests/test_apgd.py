@@ -134,7 +134,7 @@ def test_deterministic_with_a_generator(digits_model):
         ({"eps": 0.1, "norm": "l1"}, "norm"),
         ({"eps": 0.1, "loss": "margin"}, "loss"),
         ({"eps": 0.1, "steps": 0}, "steps"),
-        ({"eps": float("inf")}, "finite eps"),
+        ({"eps": float("inf")}, "needs a finite eps"),
         ({"eps": -0.1}, "eps must be >= 0"),
         ({"eps": 0.1, "rho": 0.0}, "rho"),
     ],

@@ -4,8 +4,9 @@ They drop into any training loop: input gradients only (``torch.autograd.grad``)
 train/eval mode and its parameters' ``.grad`` untouched, no host sync inside step loops.
 """
 
+from robustkern.attacks.adam import adam_pgd
 from robustkern.attacks.apgd import apgd
 from robustkern.attacks.fgsm import fgsm
 from robustkern.attacks.pgd import NORMS, pgd
 
-__all__ = ["NORMS", "apgd", "fgsm", "pgd"]
+__all__ = ["NORMS", "adam_pgd", "apgd", "fgsm", "pgd"]

@@ -46,8 +46,9 @@ def check_logits(logits: torch.Tensor, n: int, labels: tuple[int, int]) -> None:
         )
 
 
-def check_eps(eps: PerSample, n: int, name: str = "eps") -> PerSample:
-    """A number >= 0 (inf allowed) or a 1-D tensor of N such values. One sync for tensors."""
+def check_eps(eps: PerSample, n: int, name: str = "eps", finite: bool = False) -> PerSample:
+    """A number >= 0 (inf allowed unless ``finite``) or a 1-D tensor of N such values. One sync
+    for tensors."""
     if isinstance(eps, torch.Tensor):
         if eps.dim() == 0:
             eps = float(eps)
@@ -58,10 +59,14 @@ def check_eps(eps: PerSample, n: int, name: str = "eps") -> PerSample:
                 )
             if bool((eps.isnan() | (eps < 0)).any()):
                 raise ValueError(f"every per-sample {name} must be >= 0")
+            if finite and not bool(eps.isfinite().all()):
+                raise ValueError(f"this attack needs a finite {name}; got inf")
             return eps
     eps = float(eps)
     if math.isnan(eps) or eps < 0:
         raise ValueError(f"{name} must be >= 0, got {eps}")
+    if finite and math.isinf(eps):
+        raise ValueError(f"this attack needs a finite {name}; got inf")
     return eps
 
 
@@ -125,3 +130,24 @@ def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = Non
         )
     z_t = z.gather(1, target[:, None]).squeeze(1)
     return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+def broadcast(v: PerSample, x: torch.Tensor) -> PerSample:
+    """A per-sample tensor shaped (N, 1, ...) to broadcast over x; numbers unchanged."""
+    if isinstance(v, torch.Tensor):
+        return v.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    return v
+
+
+def keep_best(best, x_adv: torch.Tensor, fooled: torch.Tensor, score: torch.Tensor):
+    """(x, fooled, score) per sample over calls: an adversarial point beats a non-adversarial
+    one, then the higher score wins. ``best`` is None on the first call. No host sync."""
+    if best is None:
+        return x_adv.clone(), fooled, score
+    best_x, best_fooled, best_score = best
+    better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (score > best_score))
+    return (
+        torch.where(broadcast(better, x_adv), x_adv, best_x),
+        fooled | best_fooled,
+        torch.where(better, score, best_score),
+    )

@@ -18,6 +18,7 @@ import torch
 from robustkern.attacks._common import (
     Bounds,
     PerSample,
+    broadcast,
     check_eps,
     check_inputs,
     check_logits,
@@ -25,7 +26,7 @@ from robustkern.attacks._common import (
     is_adversarial,
     loss_and_grad,
 )
-from robustkern.attacks.pgd import NORMS, _broadcast
+from robustkern.attacks.pgd import NORMS
 
 APGD_LOSSES = ("ce", "dlr")
 
@@ -72,9 +73,7 @@ def apgd(
         )
     if not (0 < rho <= 1 and 0 <= momentum <= 1):
         raise ValueError(f"rho must be in (0, 1] and momentum in [0, 1], got {rho}, {momentum}")
-    eps = check_eps(eps, n)
-    if not bool(torch.as_tensor(eps).isfinite().all()):
-        raise ValueError("apgd needs a finite eps; for unbounded attacks use a minimum-norm attack")
+    eps = check_eps(eps, n, finite=True)
     x_nat = x.detach()
     with torch.no_grad():
         logits = model(x_nat)
@@ -177,7 +176,7 @@ class _Run:
                 interval_start = i + 1
         if self.early_stop:
             self._drop_fooled(s, out, found)
-        rows, keep = s["row"], _broadcast(s["found"], s["x"])
+        rows, keep = s["row"], broadcast(s["found"], s["x"])
         out[rows] = torch.where(keep, s["adv"], s["x_best"])
         found[rows] = s["found"]
         return out, found
@@ -191,13 +190,13 @@ class _Run:
         self._project(x_new, s)
         s["x_old"], s["x"] = x, x_new
         s["grad"], value, fooled = self._evaluate(s)
-        s["adv"] = torch.where(_broadcast(fooled, x_new), x_new, s["adv"])
+        s["adv"] = torch.where(broadcast(fooled, x_new), x_new, s["adv"])
         s["found"] = s["found"] | fooled
         s["rises"] = s["rises"] + (value > s["loss_prev"])
         s["loss_prev"] = value
         better = value > s["loss_best"]
-        s["x_best"] = torch.where(_broadcast(better, x_new), x_new, s["x_best"])
-        s["grad_best"] = torch.where(_broadcast(better, x_new), s["grad"], s["grad_best"])
+        s["x_best"] = torch.where(broadcast(better, x_new), x_new, s["x_best"])
+        s["grad_best"] = torch.where(broadcast(better, x_new), s["grad"], s["grad_best"])
         s["loss_best"] = torch.where(better, value, s["loss_best"])
 
     def _checkpoint(self, s, interval):
@@ -206,8 +205,8 @@ class _Run:
             ~s["halved_last"] & (s["loss_best_last"] >= s["loss_best"])
         )
         s["step"] = torch.where(halve, s["step"] / 2, s["step"])
-        s["x"] = torch.where(_broadcast(halve, s["x"]), s["x_best"], s["x"])
-        s["grad"] = torch.where(_broadcast(halve, s["x"]), s["grad_best"], s["grad"])
+        s["x"] = torch.where(broadcast(halve, s["x"]), s["x_best"], s["x"])
+        s["grad"] = torch.where(broadcast(halve, s["x"]), s["grad_best"], s["grad"])
         s["halved_last"], s["loss_best_last"] = halve, s["loss_best"].clone()
         s["rises"] = torch.zeros_like(s["rises"])
 
@@ -234,4 +233,4 @@ class _Run:
         else:
             t.normal_(generator=self.generator)
             scale = t.flatten(1).norm(dim=1)
-        return x_nat + t * _broadcast(eps_t / scale.clamp_min(1e-12), t).to(t.dtype)
+        return x_nat + t * broadcast(eps_t / scale.clamp_min(1e-12), t).to(t.dtype)

@@ -10,10 +10,12 @@ from robustkern.attacks._common import (
     Bounds,
     PerSample,
     attack_loss,
+    broadcast,
     check_eps,
     check_inputs,
     input_grad,
     is_adversarial,
+    keep_best,
 )
 
 NORMS = ("linf", "l2")
@@ -140,7 +142,7 @@ class _Run:
         if not self.random_start:
             return x_adv
         noise = torch.empty_like(x_nat)
-        e = _broadcast(eps, x_nat)
+        e = broadcast(eps, x_nat)
         if self.norm == "linf":
             noise.uniform_(-1.0, 1.0, generator=self.generator)
             x_adv += noise * e
@@ -150,7 +152,7 @@ class _Run:
             radius = torch.empty(x_nat.shape[0], device=x_nat.device, dtype=x_nat.dtype)
             radius.uniform_(0.0, 1.0, generator=self.generator)
             norms = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
-            x_adv += noise * _broadcast(radius / norms, x_nat) * e
+            x_adv += noise * broadcast(radius / norms, x_nat) * e
             ops.l2_project_(x_adv, x_nat, eps=eps, bounds=self.bounds)
         return x_adv
 
@@ -159,24 +161,8 @@ class _Run:
         with torch.no_grad():
             logits = self.model(x_adv)
         fooled = is_adversarial(logits, y, self.targeted)
-        score = attack_loss(logits, y, self.loss, self.targeted)
-        if best is None:
-            return x_adv, fooled, score
-        best_x, best_fooled, best_score = best
-        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (score > best_score))
-        return (
-            torch.where(_broadcast(better, x_adv), x_adv, best_x),
-            fooled | best_fooled,
-            torch.where(better, score, best_score),
-        )
+        return keep_best(best, x_adv, fooled, attack_loss(logits, y, self.loss, self.targeted))
 
 
 def _take(v: PerSample, idx: torch.Tensor) -> PerSample:
     return v[idx] if isinstance(v, torch.Tensor) else v
-
-
-def _broadcast(v: PerSample, x: torch.Tensor) -> PerSample:
-    """A per-sample tensor shaped (N, 1, ...) to broadcast over x; numbers unchanged."""
-    if isinstance(v, torch.Tensor):
-        return v.to(x.device).view(-1, *([1] * (x.dim() - 1)))
-    return v
