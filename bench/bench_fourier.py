@@ -36,12 +36,11 @@ def floor_fn(model, x, y, batch_size):
     advance, outside the timing: the model's speed depends on the content, e.g. max-pool
     branches): distinct frequencies x images, in our batches."""
     n, c, h, w = x.shape
-    flat = torch.arange(h * w)
-    reps = flat[flat <= fourier.conjugate_index(h, w)]
+    reps = fourier.distinct_frequencies(h, w)
     freqs = fourier.frequency_grid(h, w).view(-1, 2)[reps]
     per_batch = max(1, batch_size // n)
     batches = [
-        ops.fourier_perturb(x, freqs[k], eps=EPS, signs=fourier._signs(0, reps[k], n, c))
+        ops.fourier_perturb(x, freqs[k], eps=EPS, signs=fourier.heatmap_signs(0, reps[k], n, c))
         .flatten(0, 1)
         .clone()
         for k in torch.arange(len(reps)).split(per_batch)

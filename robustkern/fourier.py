@@ -44,10 +44,12 @@ __all__ = [
     "FilteredTraining",
     "band_filter",
     "conjugate_index",
+    "distinct_frequencies",
     "filtered_training_experiment",
     "fourier_basis",
     "frequency_grid",
     "heatmap",
+    "heatmap_signs",
     "plot_heatmap",
     "radial_profile",
 ]
@@ -66,6 +68,13 @@ def conjugate_index(h: int, w: int) -> torch.Tensor:
     r = (-f[:, 0] + h // 2) % h
     s = (-f[:, 1] + w // 2) % w
     return r * w + s
+
+
+def distinct_frequencies(h: int, w: int) -> torch.Tensor:
+    """Flat indices of a centred map with one frequency per conjugate pair (the one whose index
+    is not above its conjugate's): about half of h * w, all a heat map has to evaluate."""
+    flat = torch.arange(h * w)
+    return flat[flat <= conjugate_index(h, w)]
 
 
 def fourier_basis(
@@ -117,8 +126,7 @@ def heatmap(
     if batch_size is None:
         batch_size = 256 if device.type == "cpu" else 4096
     n, c, h, w = _check_images(x, y, eps, batch_size)
-    flat = torch.arange(h * w)
-    reps = flat[flat <= conjugate_index(h, w)]  # one index per conjugate pair
+    reps = distinct_frequencies(h, w)
     freqs = frequency_grid(h, w).view(-1, 2)[reps]
     fingerprint = _fingerprint(model, x, y, eps=eps, bounds=bounds, seed=seed)
     errors, done = _load_checkpoint(checkpoint, fingerprint, len(reps))
@@ -129,7 +137,7 @@ def heatmap(
         chunks = todo.split(per_batch)
         for chunk in tqdm(chunks, desc="fourier heat map", disable=not progress, unit="batch"):
             wrong = torch.zeros(len(chunk), dtype=torch.int64, device=device)
-            signs = _signs(seed, reps[chunk], n, c).to(device)
+            signs = heatmap_signs(seed, reps[chunk], n, c).to(device)
             for start in range(0, n, images):
                 xb = x[start : start + images].to(device)
                 yb = y[start : start + images].to(device)
@@ -330,8 +338,9 @@ def _check_images(x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int)
     return tuple(x.shape)
 
 
-def _signs(seed: int, flat_indices: torch.Tensor, n: int, c: int) -> torch.Tensor:
-    """(F, n, c) random +-1, a function of (seed, frequency, image) only."""
+def heatmap_signs(seed: int, flat_indices: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """(F, n, c) random +-1 signs the heat map uses for these flat map indices: a function of
+    (seed, frequency, image) only, so maps do not depend on batching."""
     out = torch.empty(len(flat_indices), n, c)
     for row, index in zip(out, flat_indices.tolist(), strict=True):
         g = torch.Generator().manual_seed(seed * 1_000_003 + index)

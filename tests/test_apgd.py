@@ -7,23 +7,9 @@ import copy
 import pytest
 import torch
 
-from robustkern import data, models, training
 from robustkern.attacks import apgd, fgsm, pgd
 from robustkern.attacks.apgd import checkpoints
-
-
-@pytest.fixture(scope="module")
-def digits_model():
-    torch.manual_seed(0)
-    x, y, xt, yt = data.load("digits")
-    model = models.small_cnn(1, 10, width=16)
-    training.fit(model, x, y, epochs=8, progress=False)
-    return model.eval(), xt[:150], yt[:150]
-
-
-def accuracy(model, x, y):
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+from tests.conftest import accuracy
 
 
 def test_checkpoints_follow_the_paper():

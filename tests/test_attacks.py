@@ -7,18 +7,9 @@ import pytest
 import torch
 
 import robustkern
-from robustkern import data, models, training
+from robustkern import models
 from robustkern.attacks import fgsm, pgd
-
-
-@pytest.fixture(scope="module")
-def digits_model():
-    """A small CNN trained on digits (clean accuracy ~97 %) and its test split."""
-    torch.manual_seed(0)
-    x, y, xt, yt = data.load("digits")
-    model = models.small_cnn(1, 10, width=16)
-    training.fit(model, x, y, epochs=8, progress=False)
-    return model, xt[:200], yt[:200]
+from tests.conftest import accuracy
 
 
 def test_pgd_respects_the_ball_and_bounds(digits_model):
@@ -29,11 +20,6 @@ def test_pgd_respects_the_ball_and_bounds(digits_model):
         dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
         assert (dist <= eps + 1e-5).all()
         assert x_adv.min() >= 0 and x_adv.max() <= 1
-
-
-def accuracy(model, x, y):
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
 
 
 def test_stronger_settings_do_not_weaken(digits_model):

@@ -20,14 +20,9 @@ def all_freqs(h, w):
     return fourier.frequency_grid(h, w).view(-1, 2)
 
 
-def representatives(h, w):
-    flat = torch.arange(h * w)
-    return flat[flat <= fourier.conjugate_index(h, w)]
-
-
 @pytest.mark.parametrize(("h", "w"), SIZES)
 def test_basis_is_orthonormal_over_conjugate_pairs(h, w):
-    freqs = all_freqs(h, w)[representatives(h, w)]
+    freqs = all_freqs(h, w)[fourier.distinct_frequencies(h, w)]
     b = fourier.fourier_basis(h, w, freqs, dtype=torch.float64).flatten(1)
     assert len(freqs) == (h * w + sum(1 for f in all_freqs(h, w) if _self_conj(f, h, w))) // 2
     torch.testing.assert_close(b @ b.T, torch.eye(len(freqs), dtype=torch.float64))
@@ -221,7 +216,7 @@ def _brute_force_heatmap(model, x, y, eps, seed):
     basis = reference.fourier_basis(h, w, all_freqs(h, w), torch.float32)
     errors = torch.zeros(h * w)
     for k in range(h * w):
-        signs = fourier._signs(seed, torch.tensor([min(k, int(conj[k]))]), n, c)[0]
+        signs = fourier.heatmap_signs(seed, torch.tensor([min(k, int(conj[k]))]), n, c)[0]
         xp = (x + eps * signs[..., None, None] * basis[k]).clamp(0, 1)
         errors[k] = (model(xp).argmax(1) != y).float().mean()
     return errors.view(h, w)
@@ -277,7 +272,8 @@ def test_heatmap_resumes_after_a_kill(tmp_path):
     resumed = DiesAfter(_small_model(), calls=None)
     got = fourier.heatmap(resumed, x, y, eps=2.0, batch_size=40, checkpoint=ckpt, progress=False)
     assert torch.equal(got, full)
-    assert resumed.seen == math.ceil(len(representatives(8, 8)) / 2) - 5  # only what was left
+    batches = math.ceil(len(fourier.distinct_frequencies(8, 8)) / 2)
+    assert resumed.seen == batches - 5  # only what was left
 
 
 def test_heatmap_refuses_a_foreign_or_corrupt_checkpoint(tmp_path):
