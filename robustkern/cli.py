@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import robustkern
-from robustkern import corruptions, data, fourier, models, spectral, training
+from robustkern import corruptions, data, evaluation, fourier, models, spectral, training
 from robustkern._io import atomic_torch_save, atomic_write_text
 from robustkern.attacks import NORMS
 
@@ -110,6 +110,57 @@ def cmd_attack(args) -> int:
     )
     print(f"clean accuracy:  {100 * result.clean_accuracy:6.2f} %")
     print(f"robust accuracy: {100 * result.robust_accuracy:6.2f} %   ({result.seconds:.1f} s)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test = load_test_split(args)
+    model = load_model(args, x_train, y_train)
+    attacks_run = ", ".join(name for name, _ in evaluation.PRESETS[args.preset])
+    print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")
+    print(
+        f"evaluation: {args.preset} ({attacks_run}), {args.norm}, eps {eps_text(args.eps, (0, 1))}"
+    )
+    result = robustkern.evaluate(
+        model,
+        (x_test, y_test),
+        args.preset,
+        eps=args.eps,
+        norm=args.norm,
+        generator=torch.Generator(args.device).manual_seed(args.seed),
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+        autocast=torch.bfloat16 if args.bf16 else None,
+    )
+    print(f"clean accuracy:  {100 * result.clean_accuracy:6.2f} %")
+    for name, acc in result.after_each_attack():
+        print(f"  after {name:<8} {100 * acc:6.2f} %  ({result.broken_by[name]} points broken)")
+    print(f"robust accuracy: {100 * result.robust_accuracy:6.2f} %   ({result.seconds:.1f} s)")
+    report = {
+        "data": args.data,
+        "n": result.n,
+        "norm": args.norm,
+        "eps": args.eps,
+        "preset": args.preset,
+        "clean_accuracy": result.clean_accuracy,
+        "robust_accuracy": result.robust_accuracy,
+        "after_each_attack": result.after_each_attack(),
+        "seconds": result.seconds,
+    }
+    if args.indicators:
+        n = min(args.indicators, len(x_test))
+        print(f"\ngradient-masking indicators on the first {n} test images:")
+        found = evaluation.indicators(
+            model, x_test[:n].to(args.device), y_test[:n].to(args.device),
+            norm=args.norm, eps=args.eps, seed=args.seed,
+        )  # fmt: skip
+        for indicator in found:
+            print(f"  {indicator}")
+        report["indicators"] = [vars(i) for i in found]
+    if args.json:
+        print(f"wrote {atomic_write_text(args.json, json.dumps(report, indent=1))}")
     return 0
 
 
@@ -262,6 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
     p.set_defaults(func=cmd_attack)
+    p = sub.add_parser(
+        "evaluate",
+        help="reliable robust accuracy: APGD-CE, targeted APGD-DLR and Square in a cascade",
+    )
+    add_model_args(p)
+    p.add_argument("--norm", choices=NORMS, default="linf")
+    p.add_argument("--eps", type=float, default=0.3, help="radius in input units (0..1)")
+    p.add_argument("--preset", choices=tuple(evaluation.PRESETS), default="standard")
+    p.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
+    p.add_argument(
+        "--indicators", type=int, default=0, metavar="N",
+        help="also run the gradient-masking indicators on the first N test images",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--limit", type=int, default=1000, help="evaluate the first N test images (0: all)"
+    )
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser(
         "spectral", help="per-layer Lipschitz upper bounds and their product (Szegedy's Table 5)"
     )

@@ -1,5 +1,6 @@
 """The robustkern command line, run in-process and as the installed script."""
 
+import json
 import subprocess
 import sys
 
@@ -40,6 +41,23 @@ def test_attack_trains_caches_and_reports(capsys, tmp_path):
     assert "from cache" in out2
     numbers = [o.split("clean accuracy:")[1].split("(")[0] for o in (out, out2)]
     assert numbers[0] == numbers[1]  # the cached model gives the same results
+
+
+def test_evaluate_runs_the_cascade_and_the_indicators(capsys, tmp_path):
+    out_json = tmp_path / "eval.json"
+    argv = ["evaluate", "--data", "digits", "--epochs", "2", "--eps", "0.1", "--limit", "60"]
+    argv += ["--preset", "fast", "--indicators", "30", "--json", str(out_json), "--no-progress"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "after apgd-ce" in out and "after apgd-t" in out
+    assert "[PASS] unbounded attack" in out
+    report = json.loads(out_json.read_text())
+    assert report["preset"] == "fast" and report["n"] == 60
+    assert 0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1
+    assert len(report["indicators"]) == 10
+    assert {i["verdict"] for i in report["indicators"]} <= {"pass", "warn", "fail"}
+    code, _, err = run(capsys, "evaluate", "--data", "digits", "--eps", "-1", "--epochs", "1")
+    assert code == 2 and "eps" in err
 
 
 def test_attack_with_user_model(capsys, tmp_path):

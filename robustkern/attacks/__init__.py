@@ -7,6 +7,20 @@ train/eval mode and its parameters' ``.grad`` untouched, no host sync inside ste
 from robustkern.attacks.adam import adam_pgd
 from robustkern.attacks.apgd import apgd
 from robustkern.attacks.fgsm import fgsm
+from robustkern.attacks.lbfgs import lbfgs
+from robustkern.attacks.min_norm import average_distortion, min_norm, robust_accuracy_curve
 from robustkern.attacks.pgd import NORMS, pgd
+from robustkern.attacks.square import square
 
-__all__ = ["NORMS", "adam_pgd", "apgd", "fgsm", "pgd"]
+__all__ = [
+    "NORMS",
+    "adam_pgd",
+    "apgd",
+    "average_distortion",
+    "fgsm",
+    "lbfgs",
+    "min_norm",
+    "pgd",
+    "robust_accuracy_curve",
+    "square",
+]

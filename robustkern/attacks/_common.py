@@ -103,6 +103,10 @@ def input_grad(
     return grad, logits
 
 
+class GradientUnavailable(ValueError):
+    """The model's output does not depend on its input through autograd."""
+
+
 def loss_and_grad(
     model, x: torch.Tensor, loss_fn, labels: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,7 +117,15 @@ def loss_and_grad(
         logits = model(xg)
         check_logits(logits, x.shape[0], labels)
         loss = loss_fn(logits)
-        (grad,) = torch.autograd.grad(loss.sum(), xg)
+        grad = None
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
+    if grad is None:
+        raise GradientUnavailable(
+            "the model's output has no gradient with respect to its input (does its forward "
+            "detach the input, run under torch.no_grad, or leave autograd?); gradient attacks "
+            "cannot run: use a black-box attack (square) and robustkern.evaluation.indicators"
+        )
     return grad, logits.detach(), loss.detach()
 
 

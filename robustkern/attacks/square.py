@@ -1,0 +1,254 @@
+"""Square attack (Andriushchenko et al., "Square Attack: a query-efficient black-box adversarial
+attack via random search", ECCV 2020), L-inf and L2, on the margin loss. Score-based: it uses
+only the model's outputs, never a gradient, so it is the black-box reference that a white-box
+evaluation must beat.
+
+Random search: every query proposes a change inside one random square window and keeps it when
+the margin ``z_y - max_{j != y} z_j`` (targeted: ``max_{j != t} z_j - z_t``) drops. The window's
+side follows the published p-schedule: a fraction ``p`` of the image, p_init halved at 10, 50,
+200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000 queries (rescaled to the budget).
+
+Differences from AutoAttack's copy, each taken from the paper's own code or fixing a defect:
+every image draws its own window and signs (AutoAttack shares one window across the batch);
+a proposal that would leave the image unchanged is flipped instead of wasting a query; the
+window may touch the last row and column. A sample leaves the batch once fooled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robustkern.attacks._common import (
+    Bounds,
+    PerSample,
+    check_eps,
+    check_inputs,
+    check_logits,
+    is_adversarial,
+    margin,
+)
+from robustkern.attacks.pgd import NORMS
+
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of a 10,000-query budget
+
+
+def square(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: PerSample,
+    norm: str = "linf",
+    queries: int = 5000,
+    p_init: float = 0.8,
+    restarts: int = 1,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    return_success: bool = False,
+    return_queries: bool = False,
+):
+    """Square attack on images ``x`` (N, C, H, W); returns x_adv, then (when asked) the bool
+    (N,) "fooled at x_adv" and the int64 (N,) number of model queries each sample used.
+
+    At most ``queries`` forward passes per sample and restart (the first scores the start
+    point). Samples the model already gets wrong (targeted: already predicted as the target
+    ``y``) are returned unchanged, with 0 queries. A fooled sample returns its first adversarial
+    point; the others their lowest-margin point. ``eps``: a number or one value per sample.
+    The model only runs forward, under ``torch.no_grad``; its mode is left untouched."""
+    labels = check_inputs(x, y, bounds)
+    n = x.shape[0]
+    if x.dim() != 4:
+        raise ValueError(f"square needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if queries < 1 or restarts < 1:
+        raise ValueError(f"queries and restarts must be >= 1, got {queries} and {restarts}")
+    if not 0 < p_init <= 1:
+        raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+    eps = check_eps(eps, n, finite=True)
+    x_nat = x.detach()
+    with torch.no_grad():
+        logits = model(x_nat)
+    check_logits(logits, n, labels)
+    success = is_adversarial(logits, y, targeted)
+    result = x_nat.clone()
+    used = torch.zeros(n, dtype=torch.int64, device=x.device)
+    search = _Search(model, norm, queries, p_init, targeted, bounds, generator)
+    for _ in range(restarts):
+        idx = (~success).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        e = eps[idx] if isinstance(eps, torch.Tensor) else eps
+        xa, fooled, q = search(x_nat[idx], y[idx], e)
+        result[idx], success[idx], used[idx] = xa, fooled, used[idx] + q
+    out = (result,)
+    if return_success:
+        out += (success,)
+    if return_queries:
+        out += (used,)
+    return out if len(out) > 1 else result
+
+
+def p_schedule(i: int, queries: int, p_init: float) -> float:
+    """The fraction of the image the window covers at query ``i`` (0-based)."""
+    scaled = int(i / queries * 10000)
+    return p_init / 2 ** sum(scaled > t for t in _HALVINGS)
+
+
+def window_side(p: float, c: int, h: int, w: int, norm: str) -> int:
+    """Side of a square covering a fraction p of the image: >= 1 (L-inf) or an odd >= 3 (L2),
+    at most the image's smaller side."""
+    s = round(math.sqrt(p * h * w))
+    if norm == "l2":
+        s = max(s, 3)
+        s += 1 - s % 2
+    return max(1, min(s, h, w))
+
+
+def eta(s: int, device=None) -> torch.Tensor:
+    """The L2 attack's (s, s) window pattern: concentric rectangles weighted 1/k^2, positive in
+    the top half and negative in the bottom half, unit L2 norm."""
+    top, bottom = _rectangles(s // 2, s), _rectangles(s - s // 2, s)
+    pattern = torch.cat([top, -bottom])
+    return (pattern / pattern.norm().clamp_min(1e-12)).to(device)
+
+
+def _rectangles(rows: int, cols: int) -> torch.Tensor:
+    """Sum over k of 1/(k+1)^2 on nested rectangles growing from the block's centre."""
+    u = torch.arange(rows, dtype=torch.float64)[:, None]
+    v = torch.arange(cols, dtype=torch.float64)[None, :]
+    # rectangle k holds the pixels within k rows and columns of (rows // 2, cols // 2)
+    ring = torch.maximum((u - (rows // 2)).abs(), (v - (cols // 2)).abs())
+    rings = max(rows // 2 + 1, cols // 2 + 1)
+    weights = 1.0 / torch.arange(1, rings + 1, dtype=torch.float64) ** 2
+    tail = weights.flip(0).cumsum(0).flip(0)  # a pixel in ring r lies in rectangles r..end
+    out = tail[ring.long()]
+    return (out / out.norm().clamp_min(1e-12)).float()
+
+
+class _Search:
+    """One restart of the random search: ``__call__(x_nat, y, eps) -> (x_adv, fooled, queries)``."""
+
+    def __init__(self, model, norm, queries, p_init, targeted, bounds, generator):
+        self.model, self.norm, self.queries, self.p_init = model, norm, queries, p_init
+        self.targeted, self.generator = targeted, generator
+        self.lo, self.hi = float(bounds[0]), float(bounds[1])
+
+    def _margin(self, x, y):
+        """(margin to minimise, fooled) per sample: one query."""
+        with torch.no_grad():
+            logits = self.model(x)
+        m = margin(logits, y)
+        return (-m if self.targeted else m), is_adversarial(logits, y, self.targeted)
+
+    def __call__(self, x_nat, y, eps):
+        n, device = x_nat.shape[0], x_nat.device
+        e = torch.as_tensor(eps, dtype=x_nat.dtype, device=device).expand(n).view(-1, 1, 1, 1)
+        out, found = x_nat.clone(), torch.zeros(n, dtype=torch.bool, device=device)
+        used = torch.ones(n, dtype=torch.int64, device=device)
+        s = {"row": torch.arange(n, device=device), "x_nat": x_nat, "y": y, "e": e}
+        s["x"] = self._start(x_nat, e)
+        s["m"], fooled = self._margin(s["x"], y)
+        for i in range(self.queries - 1):
+            if bool(fooled.any()):
+                fooled = self._drop(s, fooled, out, found, used, i + 1)
+                if s["row"].numel() == 0:
+                    break
+            x_new = self._propose(s, p_schedule(i, self.queries, self.p_init))
+            m_new, fooled = self._margin(x_new, s["y"])
+            better = (m_new < s["m"]) | fooled
+            s["x"] = torch.where(better.view(-1, 1, 1, 1), x_new, s["x"])
+            s["m"] = torch.where(better, m_new, s["m"])
+        rows = s["row"]  # the samples that used the whole budget
+        out[rows], found[rows], used[rows] = s["x"], fooled, self.queries
+        return out, found, used
+
+    @staticmethod
+    def _drop(s, fooled, out, found, used, queries_so_far):
+        """The fooled samples leave the batch with their point and query count."""
+        rows = s["row"][fooled]
+        out[rows], found[rows], used[rows] = s["x"][fooled], True, queries_so_far
+        keep = ~fooled
+        for key in ("row", "x_nat", "y", "e", "x", "m"):
+            s[key] = s[key][keep]
+        return fooled[keep]
+
+    def _start(self, x_nat, e):
+        """L-inf: vertical stripes of +-eps; L2: a grid of eta blocks with random signs scaled to
+        radius eps. Clipped to the bounds."""
+        n, c, h, w = x_nat.shape
+        if self.norm == "linf":
+            stripes = self._signs((n, c, 1, w), x_nat)
+            return (x_nat + e * stripes).clamp(self.lo, self.hi)
+        side = max(h // 5, 1)
+        delta = torch.zeros_like(x_nat)
+        pattern = eta(side, x_nat.device).to(x_nat.dtype)
+        top0, left0 = (h - side * (h // side)) // 2, (w - side * (w // side)) // 2
+        for top in range(top0, top0 + side * (h // side), side):
+            for left in range(left0, left0 + side * (w // side), side):
+                sign = self._signs((n, c, 1, 1), x_nat)
+                delta[:, :, top : top + side, left : left + side] += pattern * sign
+        return self._on_sphere(x_nat, delta, e)
+
+    def _on_sphere(self, x_nat, delta, e):
+        """x_nat + eps * delta / ||delta|| per sample, clipped to the bounds."""
+        norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return (x_nat + delta * e / (norms + 1e-12)).clamp(self.lo, self.hi)
+
+    def _propose(self, s, p):
+        x_nat, x, e = s["x_nat"], s["x"], s["e"]
+        n, c, h, w = x_nat.shape
+        side = window_side(p, c, h, w, self.norm)
+        if self.norm == "linf":
+            mask = self._window(n, h, w, side, x_nat.device)[0]
+            sign = self._signs((n, c, 1, 1), x_nat)
+            target = (x_nat + sign * e).clamp(self.lo, self.hi)
+            unchanged = ((x == target) | ~mask).flatten(1).all(1).view(-1, 1, 1, 1)
+            target = torch.where(unchanged, (x_nat - sign * e).clamp(self.lo, self.hi), target)
+            return torch.where(mask, target, x)
+        return self._propose_l2(x_nat, x, e, side)
+
+    def _propose_l2(self, x_nat, x, e, side):
+        """Move the perturbation's mass in window 1 (plus a fresh signed eta pattern) and take
+        window 2's mass into it; the result is rescaled to radius eps."""
+        n, c, h, w = x_nat.shape
+        delta = x - x_nat
+        mask1, top, left = self._window(n, h, w, side, x_nat.device)
+        mask2 = self._window(n, h, w, side, x_nat.device)[0]
+        sq = lambda t: (t * t).sum(dim=(2, 3), keepdim=True)  # noqa: E731
+        in1 = delta * mask1
+        norm1 = sq(in1).sqrt()
+        norm_image = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        norm_windows = sq(delta * (mask1 | mask2)).sqrt()
+        new = self._placed_eta(n, h, w, side, top, left, x_nat) * self._signs((n, c, 1, 1), x_nat)
+        new = new + in1 / (norm1 + 1e-12)
+        budget = ((e * e - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
+        new = new / sq(new).sqrt().clamp_min(1e-12) * budget
+        delta = torch.where(mask1, new, torch.where(mask2, torch.zeros_like(delta), delta))
+        return self._on_sphere(x_nat, delta, e)
+
+    def _placed_eta(self, n, h, w, side, top, left, like):
+        """(N, 1, H, W): each sample's eta pattern (randomly transposed) at its window."""
+        pattern = eta(side, like.device).to(like.dtype)
+        patterns = torch.stack([pattern, pattern.t()])
+        pick = torch.randint(0, 2, (n,), device=like.device, generator=self.generator)
+        u = (torch.arange(h, device=like.device) - top[:, None]).clamp(0, side - 1)
+        v = (torch.arange(w, device=like.device) - left[:, None]).clamp(0, side - 1)
+        placed = patterns[pick[:, None, None], u[:, :, None], v[:, None, :]]
+        return placed[:, None]
+
+    def _window(self, n, h, w, side, device):
+        """A random (side x side) window per sample: (mask (N, 1, H, W), top (N,), left (N,))."""
+        top = torch.randint(0, h - side + 1, (n,), device=device, generator=self.generator)
+        left = torch.randint(0, w - side + 1, (n,), device=device, generator=self.generator)
+        rows = torch.arange(h, device=device) - top[:, None]
+        cols = torch.arange(w, device=device) - left[:, None]
+        inside_r, inside_c = (rows >= 0) & (rows < side), (cols >= 0) & (cols < side)
+        return (inside_r[:, :, None] & inside_c[:, None, :])[:, None], top, left
+
+    def _signs(self, shape, like):
+        bits = torch.randint(0, 2, shape, device=like.device, generator=self.generator)
+        return (2 * bits - 1).to(like.dtype)

@@ -1,0 +1,28 @@
+"""Evaluation: clean and robust accuracy under an attack or a cascade (``evaluate``),
+gradient-masking indicators (``indicators``) and transfer tables (``transfer_matrix``)."""
+
+from robustkern.evaluation.core import (
+    ATTACKS,
+    PRESETS,
+    Cascade,
+    Evaluation,
+    eval_mode,
+    evaluate,
+    model_device,
+)
+from robustkern.evaluation.masking import Indicator, indicators
+from robustkern.evaluation.transfer import TransferTable, transfer_matrix
+
+__all__ = [
+    "ATTACKS",
+    "PRESETS",
+    "Cascade",
+    "Evaluation",
+    "Indicator",
+    "TransferTable",
+    "eval_mode",
+    "evaluate",
+    "indicators",
+    "model_device",
+    "transfer_matrix",
+]

@@ -1,0 +1,79 @@
+"""The standard and fast cascades of robustkern.evaluate, and the transfer table."""
+
+import pytest
+import torch
+
+import robustkern
+from robustkern import data, models, training
+from robustkern.attacks import apgd, square
+from robustkern.evaluation import PRESETS, transfer_matrix
+from tests.conftest import accuracy
+
+
+def test_standard_is_no_weaker_than_any_of_its_attacks(digits_model):
+    model, x, y = digits_model
+    result = robustkern.evaluate(
+        model,
+        (x, y),
+        "standard",
+        eps=0.1,
+        queries=1000,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    singles = {
+        "apgd-ce": apgd(model, x, y, eps=0.1, generator=torch.Generator().manual_seed(0)),
+        "apgd-t": apgd(model, x, y, eps=0.1, loss="dlr", targeted=True),
+        "square": square(model, x, y, eps=0.1, queries=1000),
+    }
+    for name, x_adv in singles.items():
+        assert result.robust_accuracy <= accuracy(model, x_adv, y) + 1e-6, name
+    # the first attack runs on the same points with the same seed: the same outcome
+    assert result.after_each_attack()[0][1] == pytest.approx(accuracy(model, singles["apgd-ce"], y))
+    broken = sum(result.broken_by.values())
+    assert broken == int(result.clean_correct.sum() - result.robust_correct.sum())
+    assert list(result.broken_by) == [name for name, _ in PRESETS["standard"]]
+    assert "after square" in str(result)
+
+
+def test_fast_preset_bf16_and_mode_restored(digits_model):
+    model, x, y = digits_model
+    model.train()
+    fast = robustkern.evaluate(model, (x, y), "fast", eps=0.1, progress=False)
+    bf16 = robustkern.evaluate(
+        model, (x, y), "fast", eps=0.1, progress=False, autocast=torch.bfloat16
+    )
+    assert model.training
+    model.eval()
+    assert list(fast.broken_by) == ["apgd-ce", "apgd-t"]
+    assert 0.2 < fast.robust_accuracy < fast.clean_accuracy - 0.3
+    assert bf16.robust_accuracy == pytest.approx(fast.robust_accuracy, abs=0.05)
+
+
+def test_cascade_options_are_checked(digits_model):
+    model, x, y = digits_model
+    with pytest.raises(ValueError, match="eps"):
+        robustkern.evaluate(model, (x, y), "standard", progress=False)
+    with pytest.raises(ValueError, match="alpha"):
+        robustkern.evaluate(model, (x, y), "fast", eps=0.1, alpha=0.1, progress=False)
+    with pytest.raises(ValueError, match="attack must be one of"):
+        robustkern.evaluate(model, (x, y), "strongest", eps=0.1, progress=False)
+
+
+def test_transfer_table_beats_noise_of_the_same_size(digits_model):
+    model, x, y = digits_model
+    torch.manual_seed(1)
+    xtr, ytr, *_ = data.load("digits")
+    other = models.small_cnn(1, 10, width=8)
+    training.fit(other, xtr, ytr, epochs=6, progress=False)
+    table = transfer_matrix({"a": model, "b": other}, x, y, eps=0.1)
+    assert table.error.shape == table.noise_error.shape == (2, 2)
+    assert table.sources == table.targets == ["a", "b"]
+    # white box (diagonal) beats transfer beats noise of the same L2 size (Szegedy's Table 2)
+    for i in range(2):
+        assert table.error[i, i] > table.error[i, 1 - i] > table.noise_error[i, 1 - i] + 0.1
+        assert (table.noise_error[i] < table.clean_error + 0.1).all()
+        assert 0 < table.distortion[i] <= 0.1
+    assert "Gaussian noise" in str(table) and table.to_dict()["sources"] == ["a", "b"]
+    with pytest.raises(ValueError, match="attack"):
+        transfer_matrix({"a": model}, x, y, attack="cw")

@@ -1,0 +1,176 @@
+"""Square attack: the published p-schedule and window pattern, constraints, success and query
+accounting, strength on a small CNN, targeted runs, side effects and bad input."""
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+from robustkern.attacks import apgd, square
+from robustkern.attacks.square import eta, p_schedule, window_side
+from tests.conftest import accuracy
+
+
+def test_p_schedule_halves_at_the_published_points():
+    # p_init halves after 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10,000 queries
+    assert p_schedule(0, 10000, 0.8) == 0.8
+    assert p_schedule(10, 10000, 0.8) == 0.8
+    assert p_schedule(11, 10000, 0.8) == 0.4
+    assert p_schedule(51, 10000, 0.8) == 0.2
+    assert p_schedule(1001, 10000, 0.8) == 0.8 / 32
+    assert p_schedule(9999, 10000, 0.8) == 0.8 / 512
+    assert p_schedule(2500, 5000, 0.8) == 0.8 / 128  # rescaled: query 2500 of 5000 ~ 5000/10000
+    assert window_side(0.8, 1, 28, 28, "linf") == 25
+    assert window_side(1e-4, 1, 28, 28, "linf") == 1
+    assert window_side(1e-4, 1, 28, 28, "l2") == 3  # L2 windows are odd and >= 3
+    assert window_side(0.3, 3, 32, 32, "l2") % 2 == 1
+
+
+def test_eta_is_a_unit_pattern_positive_on_top_negative_below():
+    for s in (1, 2, 3, 5, 8):
+        e = eta(s)
+        assert e.shape == (s, s)
+        assert e.norm().item() == pytest.approx(1.0, abs=1e-6)
+        assert (e[s // 2 :] < 0).all()
+        assert (e[: s // 2] > 0).all()
+    e = eta(5)  # weight falls off from the centre of each half
+    assert e[1, 2] > e[1, 1] > e[1, 0] > 0
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 0.8)])
+def test_points_stay_in_the_ball_and_bounds_and_queries_are_counted(digits_model, norm, eps):
+    model, x, y = digits_model
+    eps_t = torch.linspace(eps / 4, eps, len(x))
+    clean_wrong = model(x).argmax(1) != y
+    for e in (eps, eps_t):
+        x_adv, fooled, queries = square(
+            model,
+            x,
+            y,
+            eps=e,
+            norm=norm,
+            queries=300,
+            generator=torch.Generator().manual_seed(0),
+            return_success=True,
+            return_queries=True,
+        )
+        d = (x_adv - x).flatten(1)
+        dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert (dist <= torch.as_tensor(e) * (1 + 1e-5) + 1e-6).all()
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+        with torch.no_grad():
+            assert torch.equal(fooled, model(x_adv).argmax(1) != y)
+        assert (queries[clean_wrong] == 0).all() and torch.equal(x_adv[clean_wrong], x[clean_wrong])
+        attacked = ~clean_wrong
+        assert (queries[attacked] >= 1).all() and (queries <= 300).all()
+        assert (queries[attacked & ~fooled] == 300).all()  # the unbroken used the whole budget
+        assert (queries[attacked & fooled] < 300).any()  # the broken stopped early
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 0.8)])
+def test_square_breaks_what_apgd_breaks_with_enough_queries(digits_model, norm, eps):
+    model, x, y = digits_model
+    g = torch.Generator().manual_seed(0)
+    acc_square = accuracy(
+        model, square(model, x, y, eps=eps, norm=norm, queries=1000, generator=g), y
+    )
+    acc_apgd = accuracy(model, apgd(model, x, y, eps=eps, norm=norm, generator=g), y)
+    acc_noise = accuracy(
+        model, (x + eps * torch.randn_like(x).sign() / (1 if norm == "linf" else 8)).clamp(0, 1), y
+    )
+    assert acc_square < acc_noise - 0.2  # far stronger than noise of the same size
+    assert acc_square <= acc_apgd + 0.2  # black box: close to the white-box attack, not above
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None, reason="no torchattacks")
+def test_no_weaker_than_torchattacks_square(digits_model):
+    import torchattacks
+
+    model, x, y = digits_model
+    ours = square(model, x, y, eps=0.1, queries=500, generator=torch.Generator().manual_seed(0))
+    theirs = torchattacks.Square(model, eps=0.1, n_queries=500, seed=0)(x, y)
+    assert accuracy(model, ours, y) <= accuracy(model, theirs, y) + 0.005
+
+
+def test_targeted_reaches_the_target_and_seeds_repeat(digits_model):
+    model, x, y = digits_model
+    target = (y + 1) % 10
+    x_adv, hit = square(
+        model,
+        x,
+        target,
+        eps=0.3,
+        queries=300,
+        targeted=True,
+        generator=torch.Generator().manual_seed(1),
+        return_success=True,
+    )
+    with torch.no_grad():
+        assert torch.equal(hit, model(x_adv).argmax(1) == target)
+    assert hit.float().mean() > 0.5
+    again = square(
+        model,
+        x,
+        target,
+        eps=0.3,
+        queries=300,
+        targeted=True,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert torch.equal(x_adv, again)
+
+
+def test_restarts_never_lose_a_success(digits_model):
+    model, x, y = digits_model
+    one = square(
+        model,
+        x,
+        y,
+        eps=0.05,
+        queries=50,
+        generator=torch.Generator().manual_seed(2),
+        return_success=True,
+    )[1]
+    three = square(
+        model,
+        x,
+        y,
+        eps=0.05,
+        queries=50,
+        restarts=3,
+        generator=torch.Generator().manual_seed(2),
+        return_success=True,
+    )[1]
+    assert three.sum() >= one.sum()
+
+
+def test_side_effects_and_channels_last(digits_model):
+    model, x, y = digits_model
+    model = copy.deepcopy(model).train()
+    square(model, x[:10], y[:10], eps=0.1, queries=20)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = square(model, x, y, eps=0.1, queries=50, generator=g())
+    b = square(
+        model, x.to(memory_format=torch.channels_last), y, eps=0.1, queries=50, generator=g()
+    )
+    assert torch.allclose(a, b)
+
+
+def test_bad_input_is_named(digits_model):
+    model, x, y = digits_model
+    with pytest.raises(ValueError, match="images"):
+        square(model, x.flatten(1), y, eps=0.1)
+    with pytest.raises(ValueError, match="finite"):
+        square(model, x, y, eps=float("inf"))
+    with pytest.raises(ValueError, match="norm"):
+        square(model, x, y, eps=0.1, norm="l1")
+    with pytest.raises(ValueError, match="queries"):
+        square(model, x, y, eps=0.1, queries=0)
+    with pytest.raises(ValueError, match="p_init"):
+        square(model, x, y, eps=0.1, p_init=1.5)
+    with pytest.raises(ValueError, match="labels"):
+        square(model, x, y + 10, eps=0.1)
