@@ -1,10 +1,106 @@
-"""Training loops. Standard (clean) training for now: the CLI uses it to make a default model."""
+"""Training: the adversarial loss for any loop (PGD-AT, fast FGSM with random start, TRADES) and
+the training loop the CLI uses to make a default model."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from robustkern import ops
+from robustkern.attacks import NORMS, pgd
+from robustkern.attacks._common import Bounds, check_eps, check_inputs, loss_and_grad
+from robustkern.evaluation import eval_mode
+
+METHODS = ("standard", "pgd", "fgsm-rs", "trades")
+
+
+def adversarial_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: str = "pgd",
+    eps: float,
+    norm: str = "linf",
+    steps: int = 10,
+    alpha: float | None = None,
+    beta: float = 6.0,
+    attack_in_eval: bool | None = None,
+    bounds: Bounds = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The loss to backpropagate for one batch; two lines change in an existing loop::
+
+        loss = adversarial_loss(model, x, y, method="pgd", eps=8 / 255)
+        loss.backward()
+
+    method: "standard" (cross-entropy on x), "pgd" (Madry et al.: cross-entropy at a PGD point,
+    ``steps`` steps of ``alpha`` = 2.5 eps / steps, random start), "fgsm-rs" (Wong et al., "Fast
+    is better than free": one sign step of ``alpha`` = 1.25 eps from a uniform random start,
+    L-inf only) or "trades" (Zhang et al.: CE(f(x), y) + beta KL(f(x) || f(x')), x' maximising
+    the KL term in ``steps`` steps of ``alpha`` = eps / 4 from x + 0.001 N(0, 1)).
+
+    The attack takes input gradients only: parameters' ``.grad`` change only when you call
+    backward on the result. It runs in the model's current mode for "pgd" and "fgsm-rs" (as
+    Madry's and Wong's code: batch norm sees the adversarial batches) and in eval mode for
+    "trades" (as its authors' code); ``attack_in_eval`` overrides, and the mode is restored.
+    ``return_logits``: also return the logits the loss was computed on (at x' for the
+    adversarial methods; at x for "standard"), detached, for accuracy bookkeeping."""
+    labels = check_inputs(x, y, bounds)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if method == "fgsm-rs" and norm != "linf":
+        raise ValueError("fgsm-rs is an L-inf method: use norm='linf' or method='pgd'")
+    if steps < 1 or beta < 0:
+        raise ValueError(f"steps must be >= 1 and beta >= 0, got {steps} and {beta}")
+    eps = check_eps(eps, x.shape[0], finite=True)
+    if method == "standard":
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return (loss, logits.detach()) if return_logits else loss
+    in_eval = attack_in_eval if attack_in_eval is not None else method == "trades"
+    with eval_mode(model) if in_eval else nullcontext():
+        if method == "trades":
+            x_adv = _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels)
+        else:
+            one = method == "fgsm-rs"
+            x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=1 if one else steps,
+                        alpha=(1.25 * eps if one else alpha), bounds=bounds,
+                        generator=generator)  # fmt: skip
+    logits_adv = model(x_adv)
+    loss = F.cross_entropy(logits_adv, y)
+    if method == "trades":
+        logits = model(x)
+        kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits.float(), 1),
+                      reduction="batchmean")  # fmt: skip
+        loss = F.cross_entropy(logits, y) + beta * kl
+    return (loss, logits_adv.detach()) if return_logits else loss
+
+
+def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels):
+    """The point in the eps-ball around x maximising KL(f(x) || f(x')), by projected steps."""
+    x_nat = x.detach()
+    with torch.no_grad():
+        p_nat = F.softmax(model(x_nat).float(), 1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = x_nat + 0.001 * noise
+    step = getattr(ops, f"{norm}_step_")
+    alpha = eps / 4 if alpha is None else alpha
+
+    def kl(logits):
+        return F.kl_div(F.log_softmax(logits.float(), 1), p_nat, reduction="none").sum(1)
+
+    getattr(ops, f"{norm}_project_")(x_adv, x_nat, eps=eps, bounds=bounds)
+    for _ in range(steps):
+        grad, _, _ = loss_and_grad(model, x_adv, kl, labels)
+        step(x_adv, x_nat, grad, alpha=alpha, eps=eps, bounds=bounds)
+    return x_adv
 
 
 def fit(
