@@ -297,21 +297,7 @@ class _Checks:
         )
 
     def more_steps(self) -> Indicator:
-        fooled = self._guarded(
-            lambda x, y: attacks.apgd(
-                self.model,
-                x,
-                y,
-                eps=self.eps,
-                norm=self.norm,
-                steps=4 * self.steps,
-                restarts=2,
-                bounds=self.bounds,
-                generator=self.generator(),
-                early_stop=True,
-                return_success=True,
-            )[1]
-        )
+        fooled = self._apgd_fooled(self.eps, steps=4 * self.steps, restarts=2)
         return self._beats_white(
             "more steps lower robust accuracy",
             fooled,
@@ -321,20 +307,7 @@ class _Checks:
     def unbounded(self) -> Indicator:
         """With eps covering the whole box every point must become misclassified."""
         diameter = self._diameter()
-        fooled = self._guarded(
-            lambda x, y: attacks.apgd(
-                self.model,
-                x,
-                y,
-                eps=diameter,
-                norm=self.norm,
-                steps=self.steps,
-                bounds=self.bounds,
-                generator=self.generator(),
-                early_stop=True,
-                return_success=True,
-            )[1]
-        )
+        fooled = self._apgd_fooled(diameter)
         robust = int((self.correct & ~fooled).sum())
         detail = (
             f"APGD-CE with eps = {diameter:.3g} (the whole box) left {robust} of "
@@ -352,20 +325,7 @@ class _Checks:
             grid.append(min(grid[-1] * 2, half))
         accs = []
         for e in grid:
-            fooled = self._guarded(
-                lambda x, y, e=e: attacks.apgd(
-                    self.model,
-                    x,
-                    y,
-                    eps=e,
-                    norm=self.norm,
-                    steps=self.steps,
-                    bounds=self.bounds,
-                    generator=self.generator(),
-                    early_stop=True,
-                    return_success=True,
-                )[1]
-            )
+            fooled = self._apgd_fooled(e)
             accs.append((self.correct & ~fooled).float().mean().item())
         curve = ", ".join(f"{e:.3g}: {100 * a:.1f} %" for e, a in zip(grid, accs, strict=True))
         rises = max((b - a for a, b in itertools.pairwise(accs)), default=0.0)
@@ -407,6 +367,15 @@ class _Checks:
         if idx.numel():
             fooled[idx] = attack(self.x[idx], self.y[idx])
         return fooled
+
+    def _apgd_fooled(self, eps: float, steps: int | None = None, restarts: int = 1):
+        """bool (N,): misclassified at x or broken by APGD-CE at eps (early stop: same result)."""
+        return self._guarded(
+            lambda x, y: attacks.apgd(self.model, x, y, eps=eps, norm=self.norm,
+                                      steps=steps or self.steps, restarts=restarts,
+                                      bounds=self.bounds, generator=self.generator(),
+                                      early_stop=True, return_success=True)[1]
+        )  # fmt: skip
 
     def _guarded(self, attack) -> torch.Tensor:
         """_on_correct for gradient attacks: without an input gradient nothing is broken."""
