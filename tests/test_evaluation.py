@@ -6,7 +6,7 @@ import torch
 import robustkern
 from robustkern import data, models, training
 from robustkern.attacks import apgd, square
-from robustkern.evaluation import PRESETS, transfer_matrix
+from robustkern.evaluation import PRESETS, Cascade, transfer_matrix
 from tests.conftest import accuracy
 
 
@@ -56,6 +56,8 @@ def test_cascade_options_are_checked(digits_model):
         robustkern.evaluate(model, (x, y), "standard", progress=False)
     with pytest.raises(ValueError, match="alpha"):
         robustkern.evaluate(model, (x, y), "fast", eps=0.1, alpha=0.1, progress=False)
+    white = Cascade("standard", eps=0.1, white_box_only=True)
+    assert list(white.broken_by) == ["apgd-ce", "apgd-t"]  # the indicators' white-box reference
     with pytest.raises(ValueError, match="attack must be one of"):
         robustkern.evaluate(model, (x, y), "strongest", eps=0.1, progress=False)
 

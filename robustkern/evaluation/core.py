@@ -162,9 +162,10 @@ def _attack_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, s
 class Cascade:
     """A preset's attacks in order, each on the points still robust; ``__call__(model, x, y)
     -> (x_adv, fooled)`` with every sample's worst case. ``broken_by`` counts, per attack, the
-    points it broke (summed over calls)."""
+    points it broke (summed over calls). ``white_box_only`` leaves out the black-box Square.
+    """
 
-    def __init__(self, preset: str, **kwargs):
+    def __init__(self, preset: str, *, white_box_only: bool = False, **kwargs):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
         if "eps" not in kwargs:
@@ -176,7 +177,11 @@ class Cascade:
                 f"unknown option(s) {sorted(unknown)} for the {preset!r} evaluation; "
                 f"it takes {sorted(known)}"
             )
-        self.stages = PRESETS[preset]
+        self.stages = tuple(
+            (name, options)
+            for name, options in PRESETS[preset]
+            if not (white_box_only and name == "square")
+        )
         self.kwargs = kwargs
         self.broken_by = {name: 0 for name, _ in self.stages}
 
