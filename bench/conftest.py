@@ -59,7 +59,7 @@ def mnist_cnn():
     torch.manual_seed(0)
     x, y, xt, yt = data.load("mnist-5k")
     model = models.small_cnn(1, 10)
-    training.fit(model, x, y, epochs=10, progress=False)
+    training.fit(model, (x, y), epochs=10, batch_size=64, progress=False)
     return model.eval(), xt, yt
 
 

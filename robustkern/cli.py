@@ -40,7 +40,7 @@ def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.n
         "data": args.data,
         "epochs": args.epochs,
         "seed": args.seed,
-        "format": 1,
+        "format": 2,
     }
     if args.data.endswith(".npz"):
         settings["data"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
@@ -54,8 +54,9 @@ def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.n
         return model
     print(f"model: training the small CNN on {args.data} ({args.epochs} epochs; cached after)")
     training.fit(
-        model, x_train, y_train, epochs=args.epochs, seed=args.seed, progress=not args.no_progress
-    )
+        model, (x_train, y_train), epochs=args.epochs, batch_size=64, seed=args.seed,
+        train_eval=0, progress=not args.no_progress,
+    )  # fmt: skip
     atomic_torch_save(model.state_dict(), path)  # a killed run never leaves half a model
     return model
 

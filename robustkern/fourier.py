@@ -304,12 +304,12 @@ def filtered_training_experiment(
         model = model_factory()
         training.fit(
             model,
-            x,
-            y_train,
+            (x, y_train),
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
             seed=seed,
+            train_eval=0,
             progress=progress,
         )
         with eval_mode(model), torch.inference_mode():

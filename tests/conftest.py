@@ -23,7 +23,7 @@ def digits_model():
     torch.manual_seed(0)
     x, y, xt, yt = data.load("digits")
     model = models.small_cnn(1, 10, width=16)
-    training.fit(model, x, y, epochs=8, progress=False)
+    training.fit(model, (x, y), epochs=8, batch_size=64, progress=False)
     return model.eval(), xt[:200], yt[:200]
 
 

@@ -26,7 +26,7 @@ def model(digits):
     x_train, y_train, *_ = digits
     torch.manual_seed(0)
     m = models.small_cnn(1, 10, width=8)
-    training.fit(m, x_train, y_train, epochs=8, progress=False)
+    training.fit(m, (x_train, y_train), epochs=8, batch_size=64, progress=False)
     return m.eval()
 
 

@@ -67,7 +67,7 @@ def test_transfer_table_beats_noise_of_the_same_size(digits_model):
     torch.manual_seed(1)
     xtr, ytr, *_ = data.load("digits")
     other = models.small_cnn(1, 10, width=8)
-    training.fit(other, xtr, ytr, epochs=6, progress=False)
+    training.fit(other, (xtr, ytr), epochs=6, batch_size=64, progress=False)
     table = transfer_matrix({"a": model, "b": other}, x, y, eps=0.1)
     assert table.error.shape == table.noise_error.shape == (2, 2)
     assert table.sources == table.targets == ["a", "b"]

@@ -70,6 +70,22 @@ def check_eps(eps: PerSample, n: int, name: str = "eps", finite: bool = False) -
     return eps
 
 
+Shard = tuple[int, int]
+
+
+def noise_like(x: torch.Tensor, fill, shard: Shard | None = None) -> torch.Tensor:
+    """Random numbers shaped like x, drawn by ``fill(tensor)`` (an in-place sampler).
+    ``shard=(offset, total)``: x holds rows offset..offset+N of a batch of ``total`` rows split
+    over data-parallel ranks; the draw is made for all ``total`` rows and this shard's rows are
+    kept, so a sample's noise does not depend on how many ranks share its batch."""
+    if shard is None:
+        return fill(torch.empty_like(x))
+    offset, total = shard
+    if not 0 <= offset <= offset + x.shape[0] <= total:
+        raise ValueError(f"shard=(offset, total) must hold x's {x.shape[0]} rows, got {shard}")
+    return fill(x.new_empty((total, *x.shape[1:])))[offset : offset + x.shape[0]]
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """z_y - max_{j != y} z_j per sample (positive: classified as y)."""
     z = logits.float()

@@ -9,6 +9,7 @@ from robustkern.attacks._common import (
     LOSSES,
     Bounds,
     PerSample,
+    Shard,
     attack_loss,
     broadcast,
     check_eps,
@@ -16,6 +17,7 @@ from robustkern.attacks._common import (
     input_grad,
     is_adversarial,
     keep_best,
+    noise_like,
 )
 
 NORMS = ("linf", "l2")
@@ -38,6 +40,7 @@ def pgd(
     generator: torch.Generator | None = None,
     early_stop: bool = False,
     return_success: bool = False,
+    shard: Shard | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps``.
 
@@ -49,6 +52,8 @@ def pgd(
     step loop never syncs with the host (training use, CUDA-graph friendly).
     ``return_success``: also return the bool (N,) "the model is fooled at the returned point",
     which the attack has already computed with early stopping or restarts (saves a forward).
+    ``shard=(offset, total)``: x is rows offset.. of a batch of ``total`` split over
+    data-parallel ranks; random starts are drawn as for the whole batch (see ``noise_like``).
 
     Only the input's gradient is taken: parameters' ``.grad`` and ``model.training`` are left
     exactly as the caller set them. Works under ``torch.autocast`` and with channels_last.
@@ -64,7 +69,7 @@ def pgd(
     eps = check_eps(eps, n)
     alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, n, "alpha")
     x_nat = x.detach()
-    run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels)
+    run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels, shard)
     if n == 0:
         x_adv, success = x_nat.clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
     elif early_stop:
@@ -77,10 +82,12 @@ def pgd(
 class _Run:
     """One attack's settings; `fixed` and `early_stop` are the two loops over them."""
 
-    def __init__(self, model, norm, steps, random_start, targeted, loss, bounds, generator, labels):
+    def __init__(
+        self, model, norm, steps, random_start, targeted, loss, bounds, generator, labels, shard
+    ):
         self.model, self.norm, self.steps, self.random_start = model, norm, steps, random_start
         self.targeted, self.loss, self.bounds, self.generator = targeted, loss, bounds, generator
-        self.labels = labels
+        self.labels, self.shard = labels, shard
 
     def fixed(self, x_nat, y, eps, alpha, restarts, want_success):
         """(x_adv, success or None); success costs one forward when restarts == 1."""
@@ -141,16 +148,15 @@ class _Run:
         x_adv = x_nat.clone()
         if not self.random_start:
             return x_adv
-        noise = torch.empty_like(x_nat)
-        e = broadcast(eps, x_nat)
+        g, e = self.generator, broadcast(eps, x_nat)
         if self.norm == "linf":
-            noise.uniform_(-1.0, 1.0, generator=self.generator)
+            noise = noise_like(x_nat, lambda t: t.uniform_(-1.0, 1.0, generator=g), self.shard)
             x_adv += noise * e
             ops.linf_project_(x_adv, x_nat, eps=eps, bounds=self.bounds)
         else:
-            noise.normal_(generator=self.generator)
-            radius = torch.empty(x_nat.shape[0], device=x_nat.device, dtype=x_nat.dtype)
-            radius.uniform_(0.0, 1.0, generator=self.generator)
+            noise = noise_like(x_nat, lambda t: t.normal_(generator=g), self.shard)
+            per_sample = x_nat.new_empty(x_nat.shape[0])
+            radius = noise_like(per_sample, lambda t: t.uniform_(generator=g), self.shard)
             norms = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
             x_adv += noise * broadcast(radius / norms, x_nat) * e
             ops.l2_project_(x_adv, x_nat, eps=eps, bounds=self.bounds)

@@ -1,5 +1,4 @@
-"""Training: the adversarial loss for any loop (PGD-AT, fast FGSM with random start, TRADES) and
-the training loop the CLI uses to make a default model."""
+"""The adversarial loss for any training loop: PGD-AT, fast FGSM with random start, TRADES."""
 
 from __future__ import annotations
 
@@ -7,11 +6,18 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch.nn.parallel import DistributedDataParallel
 
 from robustkern import ops
 from robustkern.attacks import NORMS, pgd
-from robustkern.attacks._common import Bounds, check_eps, check_inputs, loss_and_grad
+from robustkern.attacks._common import (
+    Bounds,
+    Shard,
+    check_eps,
+    check_inputs,
+    loss_and_grad,
+    noise_like,
+)
 from robustkern.evaluation import eval_mode
 
 METHODS = ("standard", "pgd", "fgsm-rs", "trades")
@@ -31,6 +37,7 @@ def adversarial_loss(
     attack_in_eval: bool | None = None,
     bounds: Bounds = (0.0, 1.0),
     generator: torch.Generator | None = None,
+    shard: Shard | None = None,
     return_logits: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The loss to backpropagate for one batch; two lines change in an existing loop::
@@ -48,8 +55,12 @@ def adversarial_loss(
     backward on the result. It runs in the model's current mode for "pgd" and "fgsm-rs" (as
     Madry's and Wong's code: batch norm sees the adversarial batches) and in eval mode for
     "trades" (as its authors' code); ``attack_in_eval`` overrides, and the mode is restored.
-    ``return_logits``: also return the logits the loss was computed on (at x' for the
-    adversarial methods; at x for "standard"), detached, for accuracy bookkeeping."""
+    A DistributedDataParallel model is attacked through its ``.module`` (the attack must not
+    run the wrapper's gradient synchronisation); the loss goes through the wrapper.
+    ``shard=(offset, total)``: x is rows offset.. of a global batch of ``total`` split over
+    ranks; random starts are drawn as for the whole batch, so results do not depend on the
+    number of ranks. ``return_logits``: also return the logits the loss was computed on (at
+    x' for the adversarial methods; at x for "standard"), detached, for accuracy bookkeeping."""
     labels = check_inputs(x, y, bounds)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -64,15 +75,17 @@ def adversarial_loss(
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         return (loss, logits.detach()) if return_logits else loss
+    target = model.module if isinstance(model, DistributedDataParallel) else model
     in_eval = attack_in_eval if attack_in_eval is not None else method == "trades"
-    with eval_mode(model) if in_eval else nullcontext():
+    with eval_mode(target) if in_eval else nullcontext():
         if method == "trades":
-            x_adv = _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels)
+            x_adv = _trades_point(target, x, eps, norm, steps, alpha, bounds, generator, labels,
+                                  shard)  # fmt: skip
         else:
             one = method == "fgsm-rs"
-            x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=1 if one else steps,
+            x_adv = pgd(target, x, y, eps=eps, norm=norm, steps=1 if one else steps,
                         alpha=(1.25 * eps if one else alpha), bounds=bounds,
-                        generator=generator)  # fmt: skip
+                        generator=generator, shard=shard)  # fmt: skip
     logits_adv = model(x_adv)
     loss = F.cross_entropy(logits_adv, y)
     if method == "trades":
@@ -83,12 +96,12 @@ def adversarial_loss(
     return (loss, logits_adv.detach()) if return_logits else loss
 
 
-def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels):
+def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels, shard):
     """The point in the eps-ball around x maximising KL(f(x) || f(x')), by projected steps."""
     x_nat = x.detach()
     with torch.no_grad():
         p_nat = F.softmax(model(x_nat).float(), 1)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = noise_like(x_nat, lambda t: t.normal_(generator=generator), shard)
     x_adv = x_nat + 0.001 * noise
     step = getattr(ops, f"{norm}_step_")
     alpha = eps / 4 if alpha is None else alpha
@@ -101,37 +114,3 @@ def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels):
         grad, _, _ = loss_and_grad(model, x_adv, kl, labels)
         step(x_adv, x_nat, grad, alpha=alpha, eps=eps, bounds=bounds)
     return x_adv
-
-
-def fit(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int = 3,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[float]:
-    """Standard training with Adam on an (x, y) pair of tensors; returns the loss per epoch.
-    Deterministic for a given seed. The model is left in eval mode."""
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)}, {len(y)}")
-    generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    model.train()
-    for _ in tqdm(range(epochs), desc="train", disable=not progress, unit="epoch"):
-        order, total = torch.randperm(len(x), generator=generator), 0.0
-        for batch in order.split(batch_size):
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(batch)
-        history.append(total / len(x))
-    model.eval()
-    return history
