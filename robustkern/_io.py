@@ -1,4 +1,5 @@
-"""Files written atomically: a killed run leaves the old file or the new one, never half of one."""
+"""Files written atomically: a killed run leaves the old file or the new one, never half of one.
+Figures go through matplotlib's Agg backend (no display needed)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,21 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
 def atomic_savefig(figure, path: str | Path, **kwargs) -> Path:
     """A matplotlib figure as PNG (the format is given, since the temporary name has none)."""
     return _atomic(path, lambda tmp: figure.savefig(tmp, format="png", **kwargs))
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, works without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: str | Path, dpi: int = 110) -> Path:
+    """Writes the figure as PNG atomically and closes it."""
+    try:
+        return atomic_savefig(figure, path, dpi=dpi)
+    finally:
+        pyplot().close(figure)

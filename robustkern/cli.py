@@ -15,6 +15,7 @@ import robustkern
 from robustkern import corruptions, data, evaluation, fourier, models, spectral, training
 from robustkern._io import atomic_torch_save, atomic_write_text
 from robustkern.attacks import NORMS
+from robustkern.data import eps_text
 
 DEFAULT_EPOCHS = 10
 
@@ -24,13 +25,6 @@ def cache_dir() -> Path:
     if os.environ.get("ROBUSTKERN_CACHE"):
         return Path(os.environ["ROBUSTKERN_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustkern"
-
-
-def eps_text(eps: float, bounds: tuple[float, float]) -> str:
-    """eps in the input's units, and as k/255 where bounds are (0, 1)."""
-    if tuple(bounds) == (0.0, 1.0):
-        return f"{eps:g} (= {eps * 255:.4g}/255)"
-    return f"{eps:g}"
 
 
 def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
@@ -273,6 +267,130 @@ def cmd_corruptions(args) -> int:
     return 0
 
 
+def training_setup(args) -> tuple:
+    """(model factory, train, val, test) for train/tradeoff: --val-fraction of the training split
+    is held out for validation (early stopping and best-epoch choice never see the test set)."""
+    if args.device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    x_train, y_train, x_test, y_test = load_test_split(args)
+    n_val = round(len(x_train) * args.val_fraction)
+    if not 0 <= n_val < len(x_train):
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    train = (x_train[: len(x_train) - n_val], y_train[: len(x_train) - n_val])
+    val = (x_train[len(x_train) - n_val :], y_train[len(x_train) - n_val :]) if n_val else None
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    channels, classes = x_train.shape[1], int(y_train.max()) + 1
+
+    def factory() -> torch.nn.Module:
+        if args.model:
+            return models.from_spec(args.model, None, kwargs=kwargs)
+        return models.small_cnn(channels, classes)
+
+    print(f"data: {args.data}, {len(train[0])} training, {n_val} validation, "
+          f"{len(x_test)} test images {tuple(x_test.shape[1:])}")  # fmt: skip
+    return factory, train, val, (x_test, y_test)
+
+
+def fit_settings(args) -> dict:
+    """fit's keyword arguments from the train/tradeoff options."""
+    wd = args.weight_decay[0] if len(args.weight_decay) == 1 else tuple(args.weight_decay)
+    return dict(
+        norm=args.norm, steps=args.steps, alpha=args.alpha, beta=args.beta, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        lr_schedule=args.lr_schedule, weight_decay=wd, amp=args.amp,
+        channels_last=args.channels_last, patience=args.patience, device=args.device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def cmd_train(args) -> int:
+    factory, train, val, test = training_setup(args)
+    methods = args.method.split(",")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    out, rows = Path(args.out), []
+    for method in methods:
+        eps = 0.0 if method == "standard" else args.eps
+        torch.manual_seed(args.seed)
+        model = factory()
+        where = out / method if len(methods) > 1 else out
+        print(f"\ntraining: {method}, eps {eps_text(eps)}, {args.epochs} epochs -> {where}")
+        history = training.fit(
+            model, train, val, method=method, eps=eps, seed=args.seed,
+            checkpoint=where / "checkpoint.pt", checkpoint_every=args.checkpoint_every,
+            **fit_settings(args),
+        )  # fmt: skip
+        print(history.table())
+        result = robustkern.evaluate(
+            model, test, "pgd", eps=args.eps, norm=args.norm, steps=args.eval_steps,
+            generator=torch.Generator(args.device).manual_seed(args.seed),
+            device=args.device, progress=False,
+        )  # fmt: skip
+        rows.append((method, result.clean_accuracy, result.robust_accuracy, history))
+        print(f"test: clean {100 * result.clean_accuracy:.2f} %, PGD-{args.eval_steps} at eps "
+              f"{eps_text(args.eps)}: {100 * result.robust_accuracy:.2f} %")  # fmt: skip
+        if rank == 0:
+            summary = {"method": method, "eps": eps, "eval_eps": args.eps,
+                       "eval_attack": f"pgd-{args.eval_steps}", "test_clean_acc":
+                       result.clean_accuracy, "test_robust_acc": result.robust_accuracy,
+                       "history": history.to_dict()}  # fmt: skip
+            print(f"wrote {atomic_torch_save(model.state_dict(), where / 'model.pt')}")
+            print(f"wrote {atomic_write_text(where / 'result.json', json.dumps(summary))}")
+    if len(methods) > 1:
+        print(f"\ntest accuracy (%), PGD-{args.eval_steps} at eps {eps_text(args.eps)}:")
+        print(f"{'method':>10} {'clean':>7} {'robust':>7} {'train s':>8}")
+        for method, clean, robust, h in rows:
+            seconds = sum(h["seconds"])
+            print(f"{method:>10} {100 * clean:7.2f} {100 * robust:7.2f} {seconds:8.1f}")
+    if rank == 0:
+        plot = training.plot_histories({m: h for m, _, _, h in rows}, out / "training.png")
+        print(f"wrote {plot}")
+    return 0
+
+
+def cmd_tradeoff(args) -> int:
+    factory, train, val, test = training_setup(args)
+    print(f"trade-off: {args.method} at eps {', '.join(format(e, 'g') for e in args.eps)} "
+          f"and standard training; PGD-{args.eval_steps} at each eps")  # fmt: skip
+    result = training.tradeoff(
+        factory, (train, test), args.eps, method=args.method, attack_steps=args.eval_steps,
+        val_data=val, out=args.out, seed=args.seed, **fit_settings(args),
+    )  # fmt: skip
+    print(f"\ntest accuracy (%), clean and under PGD-{args.eval_steps} at each eps:")
+    print(result.table())
+    print(f"wrote {Path(args.out) / 'tradeoff.png'}, training.png and tradeoff.json")
+    return 0
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
+    p.add_argument("--model", help="module:factory of a fresh model (default: the small CNN)")
+    p.add_argument("--model-kwargs", help="JSON keyword arguments for the factory")
+    p.add_argument("--norm", choices=NORMS, default="linf")
+    p.add_argument("--steps", type=int, default=10, help="attack steps per training batch")
+    p.add_argument("--alpha", type=float, default=None, help="attack step (method's default)")
+    p.add_argument("--beta", type=float, default=6.0, help="TRADES weight of the KL term")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam")
+    p.add_argument("--lr", type=float, default=None, help="0.1 for SGD, 1e-3 otherwise")
+    p.add_argument("--lr-schedule", choices=training.LR_SCHEDULES, default="constant")
+    p.add_argument(
+        "--weight-decay", type=float, nargs="+", default=[0.0], metavar="WD",
+        help="one value, or START END annealed from START to END",
+    )  # fmt: skip
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--patience", type=int, default=None, help="early stopping (epochs)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="training data held out")
+    p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the test attack")
+    p.add_argument("--limit", type=int, default=0, help="test on the first N images (0: all)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
     p.add_argument(
@@ -366,6 +484,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default="corruptions", help="directory for the PNG and JSON")
     p.set_defaults(func=cmd_corruptions)
+    p = sub.add_parser(
+        "train", help="standard or adversarial training (pgd, fgsm-rs, trades); torchrun for DDP"
+    )
+    add_training_args(p)
+    p.add_argument(
+        "--method", default="pgd",
+        help=f"one of {', '.join(training.METHODS)}, or several comma-separated to compare",
+    )  # fmt: skip
+    p.add_argument("--eps", type=float, default=0.3, help="training and test radius (0..1)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps (default: epochs)")
+    p.add_argument("--out", default="runs/train", help="directory for checkpoints and results")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "tradeoff", help="the accuracy-robustness trade-off: one model per training eps"
+    )
+    add_training_args(p)
+    p.add_argument("--method", choices=training.METHODS[1:], default="pgd")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    p.add_argument("--out", default="runs/tradeoff", help="directory for results and PNGs")
+    p.set_defaults(func=cmd_tradeoff)
     return parser
 
 

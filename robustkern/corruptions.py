@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from robustkern._io import atomic_savefig
+from robustkern._io import pyplot, save_figure
 from robustkern.evaluation import eval_mode, model_device
 from robustkern.fourier import band_filter
 
@@ -450,10 +450,7 @@ def _mean(values) -> float:
 def plot_report(report: CorruptionReport, path: str | Path) -> Path:
     """Accuracy against severity, one line per corruption (and the baseline's, dashed), as a
     PNG; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = plt.get_cmap("tab20").colors
@@ -474,7 +471,4 @@ def plot_report(report: CorruptionReport, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
-    try:
-        return atomic_savefig(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)

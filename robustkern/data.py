@@ -107,3 +107,10 @@ def _labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
     if n and y.min() < 0:
         raise ValueError(f"{path}: labels must be >= 0, found {y.min()}")
     return y.astype(np.int64)
+
+
+def eps_text(eps: float, bounds: tuple[float, float] = (0.0, 1.0)) -> str:
+    """eps in the input's units, and as k/255 where bounds are (0, 1), as the literature has it."""
+    if tuple(bounds) == (0.0, 1.0):
+        return f"{eps:g} (= {eps * 255:.4g}/255)"
+    return f"{eps:g}"

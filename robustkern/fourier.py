@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustkern import ops
-from robustkern._io import atomic_savefig, atomic_torch_save
+from robustkern._io import atomic_torch_save, pyplot, save_figure
 from robustkern.evaluation import eval_mode, model_device
 
 Bounds = tuple[float, float]
@@ -186,10 +186,7 @@ def plot_heatmap(
 ) -> Path:
     """Writes the map as a PNG (colour bar, axes in frequency offsets, zero at the centre) with
     its radial profile beside it; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     h, w = error_map.shape
     grid = frequency_grid(h, w)
@@ -216,10 +213,7 @@ def plot_heatmap(
     ax_profile.set_ylim(0, 1.02 if vmax is None else max(vmax, 1e-6) * 1.02)
     ax_profile.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        return atomic_savefig(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def band_filter(x: torch.Tensor, radius: int, kind: str) -> torch.Tensor:

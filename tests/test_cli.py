@@ -135,3 +135,39 @@ def test_installed_script():
         check=True,
     )
     assert "--trust-pickle" in out.stdout
+
+
+def test_train_compares_methods_and_resumes(capsys, tmp_path):
+    out = tmp_path / "runs"
+    argv = ["train", "--data", "digits", "--method", "standard,fgsm-rs", "--eps", "0.1",
+            "--epochs", "2", "--limit", "100", "--out", str(out), "--no-progress"]  # fmt: skip
+    code, text, _ = run(capsys, *argv)
+    assert code == 0, text
+    assert "PGD-20 at eps 0.1 (= 25.5/255)" in text and "fgsm-rs" in text
+    for method in ("standard", "fgsm-rs"):
+        result = json.loads((out / method / "result.json").read_text())
+        assert 0 <= result["test_robust_acc"] <= result["test_clean_acc"] <= 1
+        assert len(result["history"]["epochs"]) == 2
+        state = torch.load(out / method / "model.pt", weights_only=True)
+        models.small_cnn(1, 10).load_state_dict(state)
+    assert (out / "training.png").stat().st_size > 0
+    code, again, _ = run(capsys, *argv)  # finished checkpoints: the same numbers, no training
+    assert code == 0 and again.split("test accuracy")[1] == text.split("test accuracy")[1]
+
+
+def test_tradeoff_command(capsys, tmp_path):
+    out = tmp_path / "tradeoff"
+    argv = ["tradeoff", "--data", "digits", "--eps", "0.1", "0.2", "--epochs", "1", "--steps",
+            "2", "--limit", "100", "--out", str(out), "--no-progress"]  # fmt: skip
+    code, text, _ = run(capsys, *argv)
+    assert code == 0, text
+    assert "standard" in text and "pgd 0.2 (= 51/255)" in text
+    saved = json.loads((out / "tradeoff.json").read_text())
+    assert sorted(saved["cells"]) == ["0", "0.1", "0.2"]
+    assert (out / "tradeoff.png").stat().st_size > 0
+
+
+def test_train_bad_method_is_named(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", "digits", "--method", "free", "--out",
+                       str(tmp_path), "--no-progress")  # fmt: skip
+    assert code == 2 and "method must be one of" in err

@@ -254,3 +254,29 @@ def test_a_nan_loss_is_reported(digits):
         model[-1].weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="training loss is nan in epoch 1"):
         fit(model, (x[:100], y[:100]), epochs=1, progress=False)
+
+
+def test_tradeoff_resumes_cell_by_cell(digits, tmp_path, monkeypatch):
+    x, y, xt, yt = digits
+    split = (x[:400], y[:400], xt[:100], yt[:100])
+    args = dict(epochs=2, steps=2, batch_size=100, out=tmp_path, progress=False)
+    first = training.tradeoff(small_model, split, [0.2, 0.1], **args)
+    assert first.eps == [0.0, 0.1, 0.2] and first.eval_eps == [0.1, 0.2]
+    assert len(first.robust) == 3 and all(len(r) == 2 for r in first.robust)
+    for clean, row in zip(first.clean, first.robust, strict=True):
+        assert row[1] <= row[0] <= clean  # a larger eps never leaves more correct
+    assert "pgd 0.2 (= 51/255)" in first.table()
+    assert (tmp_path / "tradeoff.png").exists() and (tmp_path / "training.png").exists()
+    # a cell missing from tradeoff.json (killed before it was recorded) is redone from its
+    # finished checkpoint, the others are read back: nothing trains again
+    saved = (tmp_path / "tradeoff.json").read_text()
+    (tmp_path / "tradeoff.json").write_text(saved.replace('"0.2":', '"lost":'))
+    monkeypatch.setattr(training.trainer._Trainer, "_train_epoch", _no_training)
+    again = training.tradeoff(small_model, split, [0.1, 0.2], **args)
+    assert again.clean == first.clean and again.robust == first.robust
+    with pytest.raises(ValueError, match="other settings"):
+        training.tradeoff(small_model, split, [0.1, 0.2], **(args | {"epochs": 3}))
+
+
+def _no_training(*_):
+    raise AssertionError("a finished cell was trained again")

@@ -3,6 +3,7 @@
 eps trade-off sweep ``tradeoff``."""
 
 from robustkern.training.loss import METHODS, adversarial_loss
+from robustkern.training.tradeoff import Tradeoff, tradeoff
 from robustkern.training.trainer import (
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -10,6 +11,7 @@ from robustkern.training.trainer import (
     fit,
     load_checkpoint,
     lr_factor,
+    plot_histories,
     weight_decay_at,
 )
 
@@ -18,9 +20,12 @@ __all__ = [
     "METHODS",
     "OPTIMIZERS",
     "History",
+    "Tradeoff",
     "adversarial_loss",
     "fit",
     "load_checkpoint",
     "lr_factor",
+    "plot_histories",
+    "tradeoff",
     "weight_decay_at",
 ]

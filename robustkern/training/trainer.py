@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from robustkern._io import atomic_torch_save
+from robustkern._io import atomic_torch_save, pyplot, save_figure
 from robustkern.attacks import NORMS
 from robustkern.evaluation import eval_mode, evaluate, model_device
 from robustkern.training.loss import METHODS, adversarial_loss
@@ -108,6 +108,34 @@ class History:
             ]
             lines.append(" ".join(cells))
         return "\n".join(lines)
+
+
+def plot_histories(histories: dict[str, History], path: str | Path) -> Path:
+    """Per run and epoch: the training loss, and clean (dashed) and robust accuracy (solid;
+    on the validation data where given, else on the first training images), as a PNG."""
+    plt = pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4.2))
+    colours = plt.get_cmap("tab10").colors
+    for k, (label, h) in enumerate(histories.items()):
+        colour, where = colours[k % 10], "val" if h["val_clean_acc"][0] is not None else "train"
+        ax_loss.plot(h["epoch"], h["train_loss"], color=colour, label=label)
+        clean, robust = h[f"{where}_clean_acc"], h[f"{where}_robust_acc"]
+        ax_acc.plot(h["epoch"], [100 * a for a in clean], "--", color=colour)
+        if robust[0] is not None:
+            ax_acc.plot(
+                h["epoch"], [100 * a for a in robust], color=colour, label=f"{label} ({where})"
+            )
+    ax_loss.set_ylabel("training loss")
+    ax_loss.legend(fontsize=8)
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_title("dashed: clean; solid: robust at the training eps", fontsize=9)
+    ax_acc.set_ylim(0, 100)
+    for a in (ax_loss, ax_acc):
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        a.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def fit(
