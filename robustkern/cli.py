@@ -267,6 +267,12 @@ def cmd_corruptions(args) -> int:
     return 0
 
 
+def say(*args) -> None:
+    """print, on rank 0 only when running under torchrun."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(*args)
+
+
 def training_setup(args) -> tuple:
     """(model factory, train, val, test) for train/tradeoff: --val-fraction of the training split
     is held out for validation (early stopping and best-epoch choice never see the test set)."""
@@ -288,7 +294,7 @@ def training_setup(args) -> tuple:
             return models.from_spec(args.model, None, kwargs=kwargs)
         return models.small_cnn(channels, classes)
 
-    print(f"data: {args.data}, {len(train[0])} training, {n_val} validation, "
+    say(f"data: {args.data}, {len(train[0])} training, {n_val} validation, "
           f"{len(x_test)} test images {tuple(x_test.shape[1:])}")  # fmt: skip
     return factory, train, val, (x_test, y_test)
 
@@ -297,7 +303,8 @@ def fit_settings(args) -> dict:
     """fit's keyword arguments from the train/tradeoff options."""
     wd = args.weight_decay[0] if len(args.weight_decay) == 1 else tuple(args.weight_decay)
     return dict(
-        norm=args.norm, steps=args.steps, alpha=args.alpha, beta=args.beta, epochs=args.epochs,
+        norm=args.norm, steps=args.steps, alpha=args.alpha, beta=args.beta,
+        eps_warmup=args.eps_warmup, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         lr_schedule=args.lr_schedule, weight_decay=wd, amp=args.amp,
         channels_last=args.channels_last, patience=args.patience, device=args.device,
@@ -315,51 +322,51 @@ def cmd_train(args) -> int:
         torch.manual_seed(args.seed)
         model = factory()
         where = out / method if len(methods) > 1 else out
-        print(f"\ntraining: {method}, eps {eps_text(eps)}, {args.epochs} epochs -> {where}")
+        say(f"\ntraining: {method}, eps {eps_text(eps)}, {args.epochs} epochs -> {where}")
         history = training.fit(
             model, train, val, method=method, eps=eps, seed=args.seed,
             checkpoint=where / "checkpoint.pt", checkpoint_every=args.checkpoint_every,
             **fit_settings(args),
         )  # fmt: skip
-        print(history.table())
+        say(history.table())
         result = robustkern.evaluate(
             model, test, "pgd", eps=args.eps, norm=args.norm, steps=args.eval_steps,
             generator=torch.Generator(args.device).manual_seed(args.seed),
             device=args.device, progress=False,
         )  # fmt: skip
         rows.append((method, result.clean_accuracy, result.robust_accuracy, history))
-        print(f"test: clean {100 * result.clean_accuracy:.2f} %, PGD-{args.eval_steps} at eps "
+        say(f"test: clean {100 * result.clean_accuracy:.2f} %, PGD-{args.eval_steps} at eps "
               f"{eps_text(args.eps)}: {100 * result.robust_accuracy:.2f} %")  # fmt: skip
         if rank == 0:
             summary = {"method": method, "eps": eps, "eval_eps": args.eps,
                        "eval_attack": f"pgd-{args.eval_steps}", "test_clean_acc":
                        result.clean_accuracy, "test_robust_acc": result.robust_accuracy,
                        "history": history.to_dict()}  # fmt: skip
-            print(f"wrote {atomic_torch_save(model.state_dict(), where / 'model.pt')}")
-            print(f"wrote {atomic_write_text(where / 'result.json', json.dumps(summary))}")
+            say(f"wrote {atomic_torch_save(model.state_dict(), where / 'model.pt')}")
+            say(f"wrote {atomic_write_text(where / 'result.json', json.dumps(summary))}")
     if len(methods) > 1:
-        print(f"\ntest accuracy (%), PGD-{args.eval_steps} at eps {eps_text(args.eps)}:")
-        print(f"{'method':>10} {'clean':>7} {'robust':>7} {'train s':>8}")
+        say(f"\ntest accuracy (%), PGD-{args.eval_steps} at eps {eps_text(args.eps)}:")
+        say(f"{'method':>10} {'clean':>7} {'robust':>7} {'train s':>8}")
         for method, clean, robust, h in rows:
             seconds = sum(h["seconds"])
-            print(f"{method:>10} {100 * clean:7.2f} {100 * robust:7.2f} {seconds:8.1f}")
+            say(f"{method:>10} {100 * clean:7.2f} {100 * robust:7.2f} {seconds:8.1f}")
     if rank == 0:
         plot = training.plot_histories({m: h for m, _, _, h in rows}, out / "training.png")
-        print(f"wrote {plot}")
+        say(f"wrote {plot}")
     return 0
 
 
 def cmd_tradeoff(args) -> int:
     factory, train, val, test = training_setup(args)
-    print(f"trade-off: {args.method} at eps {', '.join(format(e, 'g') for e in args.eps)} "
+    say(f"trade-off: {args.method} at eps {', '.join(format(e, 'g') for e in args.eps)} "
           f"and standard training; PGD-{args.eval_steps} at each eps")  # fmt: skip
     result = training.tradeoff(
         factory, (train, test), args.eps, method=args.method, attack_steps=args.eval_steps,
         val_data=val, out=args.out, seed=args.seed, **fit_settings(args),
     )  # fmt: skip
-    print(f"\ntest accuracy (%), clean and under PGD-{args.eval_steps} at each eps:")
-    print(result.table())
-    print(f"wrote {Path(args.out) / 'tradeoff.png'}, training.png and tradeoff.json")
+    say(f"\ntest accuracy (%), clean and under PGD-{args.eval_steps} at each eps:")
+    say(result.table())
+    say(f"wrote {Path(args.out) / 'tradeoff.png'}, training.png and tradeoff.json")
     return 0
 
 
@@ -371,6 +378,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="attack steps per training batch")
     p.add_argument("--alpha", type=float, default=None, help="attack step (method's default)")
     p.add_argument("--beta", type=float, default=6.0, help="TRADES weight of the KL term")
+    p.add_argument(
+        "--eps-warmup", type=int, default=0, metavar="EPOCHS",
+        help="ramp the training eps up from 0 over this many epochs",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam")

@@ -60,6 +60,20 @@ def test_the_optimiser_sees_the_scheduled_lr_and_weight_decay(digits):
     assert wd[0] > wd[1] > wd[2] > wd[3] == pytest.approx(1e-4)
 
 
+def test_eps_warmup_ramps_the_training_eps(digits, monkeypatch):
+    x, y, _, _ = digits
+    used, real = [], training.trainer.adversarial_loss
+
+    def recording(*args, eps, **kwargs):
+        used.append(eps)
+        return real(*args, eps=eps, **kwargs)
+
+    monkeypatch.setattr(training.trainer, "adversarial_loss", recording)
+    fit(small_model(), (x[:200], y[:200]), method="pgd", eps=0.2, steps=1, epochs=3,
+        eps_warmup=2, batch_size=50, train_eval=0, progress=False)  # fmt: skip
+    assert used == pytest.approx([0.025 * k for k in range(1, 9)] + [0.2] * 4)
+
+
 def test_tensors_dataset_and_loader_sources(digits):
     x, y, xt, yt = digits
     x, y = x[:300], y[:300]
@@ -240,6 +254,7 @@ def test_bad_arguments_are_named(digits):
         (dict(weight_decay=(-1.0, 0.0)), "weight_decay"),
         (dict(track=[50]), "track"),
         (dict(patience=0), "patience"),
+        (dict(eps_warmup=11), "eps_warmup"),
     ]:
         with pytest.raises(ValueError, match=match):
             fit(small_model(), d, progress=False, **kwargs)

@@ -149,6 +149,7 @@ def fit(
     steps: int = 10,
     alpha: float | None = None,
     beta: float = 6.0,
+    eps_warmup: int = 0,
     epochs: int = 10,
     batch_size: int = 128,
     optimizer: str = "adam",
@@ -182,6 +183,9 @@ def fit(
     reproducible, a resumed epoch replays the same batches, and under torch.distributed each
     rank takes its slice of every global batch of ``batch_size``. A DataLoader is iterated as
     given (shuffling seeded per epoch; under DDP it must shard, e.g. with a DistributedSampler).
+
+    ``eps_warmup``: the training eps grows linearly from 0 to ``eps`` over that many epochs
+    (large radii, e.g. MNIST's 0.3, otherwise can leave PGD-AT stuck at chance).
 
     Optimisation: ``optimizer`` "sgd" (``momentum``), "adam" or "adamw"; ``lr`` defaults to 0.1
     for SGD and 1e-3 otherwise, scaled per step by ``lr_schedule`` (see ``lr_factor``);
@@ -219,6 +223,7 @@ class _Spec:
     steps: int
     alpha: float | None
     beta: float
+    eps_warmup: int
     epochs: int
     batch_size: int
     optimizer: str
@@ -262,6 +267,8 @@ class _Spec:
         for name in ("epochs", "batch_size", "steps", "val_steps"):
             if args[name] < 1:
                 raise ValueError(f"{name} must be >= 1, got {args[name]}")
+        if not 0 <= args["eps_warmup"] <= args["epochs"]:
+            raise ValueError(f"eps_warmup must be in [0, epochs], got {args['eps_warmup']}")
         for name in ("patience", "checkpoint_every", "track_every"):
             if args[name] is not None and args[name] < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {args[name]}")
@@ -282,7 +289,8 @@ class _Spec:
 
     def config(self, n_train: int, world: int) -> dict:
         """The settings that determine the run's numbers (a resumed run must match them)."""
-        keys = ("method", "eps", "norm", "steps", "alpha", "beta", "epochs", "batch_size",
+        keys = ("method", "eps", "norm", "steps", "alpha", "beta", "eps_warmup", "epochs",
+                "batch_size",
                 "optimizer", "lr", "momentum", "lr_schedule", "weight_decay", "amp",
                 "channels_last", "bounds", "val_steps", "train_eval", "patience", "track",
                 "track_every", "seed")  # fmt: skip
@@ -496,10 +504,15 @@ class _Trainer:
         )
         with amp:
             return adversarial_loss(
-                self.net, x, y, method=spec.method, eps=spec.eps, norm=spec.norm,
+                self.net, x, y, method=spec.method, eps=self._eps_now(), norm=spec.norm,
                 steps=spec.steps, alpha=spec.alpha, beta=spec.beta, bounds=spec.bounds,
                 generator=generator, shard=shard, return_logits=True,
             )  # fmt: skip
+
+    def _eps_now(self) -> float:
+        """The training eps at this step: ramped linearly from 0 over ``eps_warmup`` epochs."""
+        ramp = self.spec.eps_warmup * self.batches.per_epoch
+        return self.spec.eps * min(1.0, (self.step + 1) / ramp) if ramp else self.spec.eps
 
     def _update(self, loss: torch.Tensor) -> None:
         t = min(1.0, (self.step + 1) / self.total_steps)
