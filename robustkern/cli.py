@@ -370,8 +370,16 @@ def cmd_tradeoff(args) -> int:
     return 0
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """What every command takes: the data, the device, the seed, progress bars."""
     p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
     p.add_argument("--model", help="module:factory of a fresh model (default: the small CNN)")
     p.add_argument("--model-kwargs", help="JSON keyword arguments for the factory")
     p.add_argument("--norm", choices=NORMS, default="linf")
@@ -397,13 +405,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="training data held out")
     p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the test attack")
     p.add_argument("--limit", type=int, default=0, help="test on the first N images (0: all)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
+    add_common_args(p)
     p.add_argument(
         "--model",
         help="module:factory of your model (default: a small CNN trained on the data and cached)",
@@ -420,9 +425,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs to train the default model"
     )
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
