@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
 import os
 import sys
@@ -12,47 +12,22 @@ from pathlib import Path
 import torch
 
 import robustkern
-from robustkern import corruptions, data, evaluation, fourier, models, spectral, training
+from robustkern import (
+    corruptions,
+    data,
+    evaluation,
+    fourier,
+    models,
+    pretrained,
+    spectral,
+    suite,
+    training,
+)
 from robustkern._io import atomic_torch_save, atomic_write_text
 from robustkern.attacks import NORMS
 from robustkern.data import eps_text
 
 DEFAULT_EPOCHS = 10
-
-
-def cache_dir() -> Path:
-    """$ROBUSTKERN_CACHE, else $XDG_CACHE_HOME/robustkern, else ~/.cache/robustkern."""
-    if os.environ.get("ROBUSTKERN_CACHE"):
-        return Path(os.environ["ROBUSTKERN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustkern"
-
-
-def default_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.Module:
-    """The small CNN trained on the data, cached under cache_dir() by data and settings."""
-    settings = {
-        "model": "small_cnn",
-        "data": args.data,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "format": 2,
-    }
-    if args.data.endswith(".npz"):
-        settings["data"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / "models" / f"small_cnn-{key}.pt"
-    torch.manual_seed(args.seed)
-    model = models.small_cnn(x_train.shape[1], int(y_train.max()) + 1)
-    if path.is_file():
-        model.load_state_dict(models.load_weights(path))
-        print(f"model: small CNN from cache {path}")
-        return model
-    print(f"model: training the small CNN on {args.data} ({args.epochs} epochs; cached after)")
-    training.fit(
-        model, (x_train, y_train), epochs=args.epochs, batch_size=64, seed=args.seed,
-        train_eval=0, progress=not args.no_progress,
-    )  # fmt: skip
-    atomic_torch_save(model.state_dict(), path)  # a killed run never leaves half a model
-    return model
 
 
 def model_from_spec(
@@ -69,7 +44,10 @@ def load_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.M
         model = model_from_spec(args.model, args.weights, args.model_kwargs, args.trust_pickle)
         print(f"model: {args.model}" + (f" with weights {args.weights}" if args.weights else ""))
     else:
-        model = default_model(args, x_train, y_train)
+        model = pretrained.small_cnn(
+            args.data, x_train, y_train, epochs=args.epochs, seed=args.seed,
+            progress=not args.no_progress,
+        )  # fmt: skip
     return model.to(args.device)
 
 
@@ -267,6 +245,59 @@ def cmd_corruptions(args) -> int:
     return 0
 
 
+def cmd_suite(args) -> int:
+    torch.manual_seed(args.seed)
+    x_train, y_train, x_test, y_test = load_test_split(args)
+    channels, classes = x_train.shape[1], int(y_train.max()) + 1
+    print(f"data: {args.data}, {len(x_train)} training and {len(x_test)} test images "
+          f"{tuple(x_test.shape[1:])}")  # fmt: skip
+    if args.model:  # the first model's factory gives the randomisation test its fresh models
+        named = suite_models(args)
+        kwargs = json.loads(_per_model(args.model_kwargs, args.model)[0] or "{}")
+        factory = functools.partial(models.from_spec, args.model[0], None, kwargs=kwargs)
+    else:
+        named = suite.default_models(args.data, x_train, y_train, seed=args.seed,
+                                     progress=not args.no_progress)  # fmt: skip
+        factory = functools.partial(models.small_cnn, channels, classes)
+    named = {k: m.to(args.device) for k, m in named.items()}
+    report = suite.run_suite(
+        named, (x_test, y_test), train_data=(x_train, y_train), factory=factory,
+        norm=args.norm, eps=args.eps, checks=args.checks.split(",") if args.checks else None,
+        tradeoff=args.tradeoff, layer=args.layer, quick=args.quick, out=args.out,
+        data_name=args.data, seed=args.seed, progress=not args.no_progress,
+        resume=not args.fresh,
+    )  # fmt: skip
+    print()
+    suite.print_summary(report, args.out)
+    return 0
+
+
+def _per_model(values: list[str] | None, specs: list[str]) -> list[str | None]:
+    """One value per --model: none given, one for all, or one each."""
+    if not values:
+        return [None] * len(specs)
+    if len(values) == 1:
+        return values * len(specs)
+    if len(values) != len(specs):
+        raise ValueError(f"give one value for every --model ({len(specs)}), got {len(values)}")
+    return values
+
+
+def suite_models(args) -> dict[str, torch.nn.Module]:
+    """--model (repeatable) with --weights, --model-kwargs and --name per model."""
+    weights = _per_model(args.weights, args.model) if args.weights else [None] * len(args.model)
+    kwargs = _per_model(args.model_kwargs, args.model)
+    names = _per_model(args.name, args.model) if args.name else []
+    out = {}
+    for k, spec in enumerate(args.model):
+        name = names[k] if names else spec.rpartition(":")[2]
+        if name in out:
+            name = f"{name}-{k + 1}"
+        out[name] = model_from_spec(spec, weights[k], kwargs[k], args.trust_pickle)
+        print(f"model {name}: {spec}" + (f" with weights {weights[k]}" if weights[k] else ""))
+    return out
+
+
 def say(*args) -> None:
     """print, on rank 0 only when running under torchrun."""
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
@@ -427,12 +458,39 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_suite_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
+    p.add_argument("--model", action="append", help=(
+        "module:factory of a model; repeat for several (default: a standard and a PGD-trained "
+        "small CNN, trained on the data and cached)"))  # fmt: skip
+    p.add_argument("--weights", action="append", help="state-dict file per --model, in order")
+    p.add_argument("--model-kwargs", action="append", help="JSON keyword arguments (one or each)")
+    p.add_argument("--name", action="append", help="a report name per --model")
+    p.add_argument("--trust-pickle", action="store_true", help="allow weights that need pickle")
+    p.add_argument("--norm", choices=NORMS, default="linf", help="the main threat model's norm")
+    p.add_argument(
+        "--eps", type=float, default=None, help="main radius (default: the literature's)"
+    )
+    p.add_argument("--checks", help=f"comma-separated subset of: {', '.join(suite.CHECK_NAMES)}")
+    p.add_argument("--tradeoff", help="a robustkern tradeoff --out directory to plot along")
+    p.add_argument("--layer", help="module name for the unit analysis (default: penultimate)")
+    p.add_argument("--quick", action="store_true", help="small budgets: a smoke run")
+    p.add_argument("--limit", type=int, default=0, help="use the first N test images (0: all)")
+    p.add_argument("--fresh", action="store_true", help="rerun every check (no resume)")
+    p.add_argument("--out", default="report", help="directory for index.html, report.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustkern", description="Test and improve the robustness of models."
     )
     parser.add_argument("--version", action="version", version=robustkern.__version__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "suite", help="the full robustness test suite: one report (index.html, report.json)"
+    )
+    add_suite_args(p)
+    p.set_defaults(func=cmd_suite)
     p = sub.add_parser("attack", help="clean and robust accuracy of a model under an attack")
     add_model_args(p)
     p.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")

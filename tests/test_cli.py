@@ -32,7 +32,7 @@ def test_attack_trains_caches_and_reports(capsys, tmp_path):
     ]
     code, out, _ = run(capsys, *argv)
     assert code == 0
-    assert "training the small CNN" in out
+    assert "training a standard small CNN" in out
     assert "eps 0.1 (= 25.5/255)" in out
     clean = float(out.split("clean accuracy:")[1].split("%")[0])
     robust = float(out.split("robust accuracy:")[1].split("%")[0])

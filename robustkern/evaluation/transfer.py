@@ -73,7 +73,7 @@ def transfer_matrix(
         with eval_mode(model):
             x_adv = craft(model, x.to(model_device(model)), y.to(model_device(model))).to(x.device)
         adversarial.append(x_adv)
-        noisy.append(_same_size_noise(x, x_adv, bounds, g))
+        noisy.append(same_size_noise(x, x_adv, bounds, g))
         distortion.append(average_distortion(x, x_adv))
     rows = [[_error(t, xa, y) for t in targets.values()] for xa in adversarial]
     noise_rows = [[_error(t, xn, y) for t in targets.values()] for xn in noisy]
@@ -98,7 +98,7 @@ def _attack(attack, bounds, kwargs) -> Callable:
     return lambda m, x, y: fn(m, x, y, bounds=bounds, **kwargs)
 
 
-def _same_size_noise(x, x_adv, bounds, g) -> torch.Tensor:
+def same_size_noise(x, x_adv, bounds, g) -> torch.Tensor:
     """x plus Gaussian noise scaled to ||x_adv - x||_2 per sample, clipped to the bounds."""
     size = (x_adv - x).flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
     noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)

@@ -1,0 +1,360 @@
+"""Checks that look inside a model: capacity, first-layer filters, the classifier as a
+generator, single units against random directions (Szegedy et al. section 3), and the per-layer
+Lipschitz bounds (Szegedy et al. section 4.3)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustkern import spectral
+from robustkern._io import pyplot
+from robustkern.attacks._common import check_inputs, loss_and_grad
+from robustkern.evaluation import eval_mode
+from robustkern.suite.core import Outcome, Skip, Suite, image_grid, percent, smoothness
+
+RANDOM_FILTERS = 256  # random initialisations the filter scores are compared with
+MIN_GRADED = 5  # smaller filters are scored and shown, but not graded
+CONFIDENT = 0.95  # a generated image this confident that still looks like noise is a failure
+NOISE_LIKE = 1 / 3  # likeness to real images below which a generated image looks like noise
+
+
+def capacity(suite: Suite, name: str, model: nn.Module) -> Outcome:
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    rows = [
+        [
+            key,
+            "x".join(map(str, p.shape)),
+            p.numel(),
+            f"{p.detach().float().norm():.4g}",
+            f"{p.detach().float().pow(2).mean().sqrt():.4g}",
+        ]
+        for key, p in model.named_parameters()
+    ]
+    table = {
+        "title": "parameters and their norms",
+        "columns": ["parameter", "shape", "count", "Frobenius norm", "RMS"],
+        "rows": rows,
+    }
+    figures = {"parameters": params, "total_norm": _total_norm(model)}
+    if suite.x_train is None:
+        summary = f"{params:,} parameters; the training set size was not given"
+        return Outcome("info", summary, figures, [table])
+    n = len(suite.x_train)
+    figures.update(training_examples=n, parameters_per_example=params / n)
+    summary = f"{params:,} parameters for {n:,} training examples ({params / n:.3g} per example)"
+    return Outcome("pass" if params <= n else "warn", summary, figures, [table])
+
+
+def _total_norm(model: nn.Module) -> float:
+    squares = [p.detach().float().pow(2).sum() for p in model.parameters()]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+
+
+def first_layer_filters(suite: Suite, name: str, model: nn.Module) -> Outcome:
+    weight, what = _first_layer(model, suite.x.shape[1:])
+    ours = _filter_scores(weight)
+    random = _filter_scores(_random_like(model, weight))
+    # a filter is noise-like when neither score stands out from the random initialisations'
+    limits = [torch.quantile(s, 0.95) for s in random]
+    noisy = (ours[0] <= limits[0]) & (ours[1] <= limits[1])
+    share = noisy.float().mean().item()
+    by_chance = ((random[0] <= limits[0]) & (random[1] <= limits[1])).float().mean().item()
+    verdict = "pass" if share < 0.25 else "warn" if share < 0.5 else "fail"
+    if min(weight.shape[-2:]) < MIN_GRADED:
+        verdict = "info"  # a 3x3 filter has too few pixels to tell structure from noise
+    shown = min(len(weight), 64)
+    fig = image_grid(
+        weight[:shown],
+        [f"{a:.2f}/{b:.2f}" for a, b in zip(*(s[:shown].tolist() for s in ours), strict=True)],
+        signed=True,
+        outlined=noisy[:shown].tolist(),
+    )
+    image = suite.save(
+        fig,
+        "filters",
+        name,
+        caption=(
+            f"{what}: {shown} of {len(weight)} filters (grey = 0); titles: low-frequency "
+            "energy share / correlation with a blurred copy; red frame: noise-like"
+        ),
+    )
+    figures = {
+        "layer": what,
+        "filters": len(weight),
+        "noise_like": int(noisy.sum()),
+        "noise_like_share": share,
+        "random_noise_like_share": by_chance,
+        "low_frequency_share": ours[0].mean().item(),
+        "smoothness": ours[1].mean().item(),
+        "random_low_frequency_share": random[0].mean().item(),
+        "random_smoothness": random[1].mean().item(),
+    }
+    summary = (
+        f"{int(noisy.sum())} of {len(weight)} filters of {what} look like noise ({percent(share)};"
+        f" random initialisations: {percent(by_chance)}); low-frequency share "
+        f"{ours[0].mean():.2f} (random {random[0].mean():.2f}), smoothness "
+        f"{ours[1].mean():.2f} (random {random[1].mean():.2f})"
+    )
+    if verdict == "info":
+        summary += f"; not graded: filters under {MIN_GRADED}x{MIN_GRADED} are too small to judge"
+    return Outcome(verdict, summary, figures, images=[image])
+
+
+def _first_layer(model: nn.Module, shape) -> tuple[torch.Tensor, str]:
+    """The first conv's weight (O, I, kh, kw), or a first linear layer's rows as images."""
+    for key, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return m.weight.detach().float().cpu(), f"layer {key} (Conv2d {tuple(m.weight.shape)})"
+        if isinstance(m, nn.Linear):
+            if m.in_features != shape.numel():
+                break
+            weight = m.weight.detach().float().cpu().view(-1, *shape)
+            return weight, f"layer {key} (Linear, rows as images)"
+    raise Skip("the model's first weight layer is neither a Conv2d nor a Linear on the image")
+
+
+def _random_like(model: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """RANDOM_FILTERS filters drawn by the first layer's own initialisation (reset_parameters)."""
+    layer = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    layer = copy.deepcopy(layer).cpu().float()
+    torch.manual_seed(0)
+    draws = []
+    while sum(len(d) for d in draws) < RANDOM_FILTERS:
+        layer.reset_parameters()
+        draws.append(layer.weight.detach().clone().view(-1, *weight.shape[1:]))
+    return torch.cat(draws)[:RANDOM_FILTERS]
+
+
+def _filter_scores(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per filter: the share of its spectral energy (zero-padded DFT, all input channels) within
+    half the Nyquist radius, and its correlation with a blurred copy (``smoothness``)."""
+    size = max(8, 2 * max(weight.shape[-2:]))
+    power = torch.fft.fft2(weight, s=(size, size)).abs().pow(2).sum(1)  # (O, size, size)
+    f = torch.fft.fftfreq(size)
+    low = (f[:, None] ** 2 + f[None, :] ** 2).sqrt() <= 0.25
+    share = power[:, low].sum(1) / power.flatten(1).sum(1).clamp_min(1e-30)
+    return share, smoothness(weight)
+
+
+def generator(suite: Suite, name: str, model: nn.Module) -> Outcome:
+    classes = min(suite.num_classes, 10)
+    steps = suite.budget(100, 30)
+    lo, hi = suite.bounds
+    start = torch.empty((classes, *suite.x.shape[1:]), device=suite.device)
+    start.uniform_(lo, hi, generator=suite.generator())
+    target = torch.arange(classes, device=suite.device)
+    likeness = _Likeness(suite.x[:1000], suite.y[:1000])
+    images, confidences = [], []
+    with eval_mode(model):
+        for variant in ("sign", "l2"):
+            x = _ascend(model, start, target, variant, steps, suite.bounds)
+            with torch.no_grad():
+                conf = F.softmax(model(x).float(), 1).gather(1, target[:, None]).squeeze(1)
+            images.append(x)
+            confidences.append(conf.cpu())
+    x_all, conf = torch.cat(images), torch.cat(confidences)
+    score = likeness(x_all, target.repeat(2), start.repeat(2, 1, 1, 1)).cpu()
+    confident = conf > CONFIDENT
+    fooling = confident & (score < NOISE_LIKE)
+    titles = [
+        f"{k % classes}: {100 * c:.0f} %, {s:.2f}"
+        for k, (c, s) in enumerate(zip(conf.tolist(), score.tolist(), strict=True))
+    ]
+    fig = image_grid(
+        x_all,
+        titles,
+        columns=classes,
+        outlined=fooling.tolist(),
+        row_labels=["sign steps", "L2 steps"],
+    )
+    image = suite.save(
+        fig,
+        "generator",
+        name,
+        caption=(
+            f"class-conditional gradient ascent from uniform noise, {steps} steps; title: class, "
+            "the model's confidence and the likeness to real images of the class (0: as the "
+            f"noise it started from, 1: as a real image); red frame: > {CONFIDENT:.0%} confident "
+            f"with likeness below {NOISE_LIKE:g} (looks like noise)"
+        ),
+    )
+    share = fooling.sum().item() / max(1, confident.sum().item())
+    verdict = "pass" if not fooling.any() else "fail" if share > 0.5 else "warn"
+    figures = {
+        "steps": steps,
+        "images": len(conf),
+        "mean_confidence": conf.mean().item(),
+        "confident": int(confident.sum()),
+        "noise_like_confident": int(fooling.sum()),
+        "mean_likeness": score.mean().item(),
+        "likeness": score.tolist(),
+        "confidence": conf.tolist(),
+    }
+    summary = (
+        f"{int(confident.sum())} of {len(conf)} generated images reach > {CONFIDENT:.0%} "
+        f"confidence, {int(fooling.sum())} of them while looking like noise (mean likeness to "
+        f"real images {score.mean():.2f}; mean confidence {percent(conf.mean().item())})"
+    )
+    return Outcome(verdict, summary, figures, images=[image])
+
+
+class _Likeness:
+    """How much an image resembles real images of its class, from its correlation with the
+    most similar one (mean-subtracted pixels), rescaled so that the noise it started from
+    scores 0 and a typical real image (against the other real images) scores 1. Real images
+    are split in two halves: the first sets the typical score, the second is the reference."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        half = len(x) // 2
+        self.ref, self.ref_y = _unit(x[half:]), y[half:]
+        self.typical = self._best(_unit(x[:half]), y[:half]).median()
+
+    def _best(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sims = z @ self.ref.T
+        sims[y[:, None] != self.ref_y[None, :]] = -1.0
+        return sims.max(1).values
+
+    def __call__(self, x, y, start) -> torch.Tensor:
+        base = self._best(_unit(start), y)
+        return (self._best(_unit(x), y) - base) / (self.typical - base).clamp_min(1e-6)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    z = x.flatten(1).float()
+    z = z - z.mean(1, keepdim=True)
+    return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _ascend(model, start, target, variant, steps, bounds) -> torch.Tensor:
+    """Maximises log p(target | x) from ``start`` with sign steps or L2-normalised steps of
+    the same L2 length, clipped to the bounds, without an eps ball."""
+    lo, hi = bounds
+    alpha = 0.01 * (hi - lo)
+    labels = check_inputs(start, target, bounds)
+    x = start.clone()
+    for _ in range(steps):
+        grad, _, _ = loss_and_grad(
+            model, x, lambda z: F.log_softmax(z.float(), 1).gather(1, target[:, None]), labels
+        )
+        if variant == "sign":
+            step = grad.sign()
+        else:
+            size = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            step = grad / size * grad[0].numel() ** 0.5
+        x = (x + alpha * step).clamp(lo, hi)
+    return x
+
+
+def units(suite: Suite, name: str, model: nn.Module) -> Outcome:
+    layer_name, layer = _unit_layer(model, suite.layer)
+    x, y = suite.subset(2000, 500)
+    features = _features(model, layer, x).flatten(1)
+    count, top = 4, 8
+    chosen = features.var(0).topk(min(count, features.shape[1])).indices
+    g = torch.Generator().manual_seed(suite.seed)
+    random = torch.randn(features.shape[1], count, generator=g).to(features)
+    directions = torch.cat(
+        [
+            torch.eye(features.shape[1], device=features.device)[:, chosen],
+            random / random.norm(dim=0),
+        ],
+        1,
+    )
+    best = (features @ directions).topk(top, dim=0).indices.T  # (directions, top)
+    purity = [(y[idx].bincount().max().item() / top) for idx in best.tolist()]
+    labels = [f"unit {u}" for u in chosen.tolist()] + [f"random {k}" for k in range(count)]
+    fig = image_grid(
+        x[best.flatten()],
+        [str(v) for v in y[best.flatten()].tolist()],
+        columns=top,
+        row_labels=labels,
+    )
+    image = suite.save(
+        fig,
+        "units",
+        name,
+        caption=(
+            f"{layer_name}: the {top} test images that most activate single units (the {count} "
+            "most variable) and random directions; title: true label"
+        ),
+    )
+    unit_purity, random_purity = sum(purity[:count]) / count, sum(purity[count:]) / count
+    figures = {
+        "layer": layer_name,
+        "units": chosen.tolist(),
+        "unit_label_purity": unit_purity,
+        "random_label_purity": random_purity,
+        "images": len(x),
+    }
+    summary = (
+        f"{layer_name}: top images share a label {percent(unit_purity)} of the time for single "
+        f"units, {percent(random_purity)} for random directions (Szegedy et al.: no difference "
+        "means the units are not special)"
+    )
+    return Outcome("info", summary, figures, images=[image])
+
+
+def _unit_layer(model: nn.Module, wanted: str | None) -> tuple[str, nn.Module]:
+    """The named layer, else the input of the last Linear (the penultimate activations)."""
+    named = dict(model.named_modules())
+    if wanted is not None:
+        if wanted not in named:
+            raise ValueError(f"layer {wanted!r} is not in the model; it has {list(named)[1:]}")
+        return wanted, named[wanted]
+    last = [(k, m) for k, m in named.items() if isinstance(m, nn.Linear)]
+    if not last:
+        raise Skip("no Linear layer to take the penultimate activations from: pass a layer")
+    return f"input of {last[-1][0]}", last[-1][1]
+
+
+def _features(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output, or for a Linear its input, for every image (eval mode)."""
+    found = []
+    take_input = isinstance(layer, nn.Linear)
+
+    def hook(module, args, output):
+        found.append((args[0] if take_input else output).detach())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with eval_mode(model), torch.no_grad():
+            for xb in x.split(256):
+                model(xb)
+    finally:
+        handle.remove()
+    return torch.cat(found).float()
+
+
+def lipschitz(suite: Suite, name: str, model: nn.Module) -> Outcome:
+    table = spectral.lipschitz_table(model, tuple(suite.x.shape[1:]))
+    rows = [
+        [r.name, r.kind, "x".join(map(str, r.weight_shape or ())), f"{r.upper:.4g}", r.note]
+        for r in table.rows
+    ]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rows) + 1.5), 3.2))
+    ax.bar(range(len(rows)), [r.upper for r in table.rows], color="tab:blue")
+    ax.set_xticks(range(len(rows)), [r.name for r in table.rows], rotation=60, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("upper Lipschitz bound (L2)")
+    ax.set_title(f"product {table.product:.4g}")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    image = suite.save(fig, "lipschitz", name, caption="per-layer upper bounds (log scale)")
+    finite = table.product < float("inf")
+    summary = f"product of the per-layer bounds: {table.product:.4g}" + (
+        "" if finite else " (a layer could not be bounded)"
+    )
+    figures = {"product": table.product, "layers": len(rows)}
+    columns = ["layer", "kind", "weight", "upper bound", "note"]
+    return Outcome(
+        "info" if finite else "warn",
+        summary,
+        figures,
+        [{"title": "per-layer upper Lipschitz bounds", "columns": columns, "rows": rows}],
+        [image],
+    )
