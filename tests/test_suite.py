@@ -271,3 +271,24 @@ def test_cli_suite_default_models_are_trained_once_and_contrast(capsys, tmp_path
     assert saved["checks"][2]["verdict"] == "info"  # the trade-off scatter of the two
     assert cli.main([*argv, "--fresh"]) == 0
     assert capsys.readouterr().out.count("from cache") == 2
+
+
+def test_a_tradeoff_sweep_joins_the_scatter(two_models, digits, tmp_path):
+    _, _, xt, yt = digits
+    cells = {format(e, "g"): {"eps": e, "clean": c, "robust": [r]}
+             for e, c, r in ((0.0, 0.97, 0.01), (0.1, 0.93, 0.4))}  # fmt: skip
+    sweep = {"config": {"method": "pgd", "eval_eps": [0.1]}, "cells": cells}
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "tradeoff.json").write_text(json.dumps(sweep))
+    result = suite.run_suite(
+        {"only": two_models["standard"]}, (xt, yt), checks=["white_box", "tradeoff"], eps=0.1,
+        tradeoff=tmp_path / "sweep", quick=True, out=tmp_path / "out", progress=False,
+    )  # fmt: skip
+    scatter = result["checks"][1]
+    assert scatter["verdict"] == "info"
+    points = scatter["figures"]["points"]
+    assert points[0]["model"] == "only" and len(points) == 3
+    assert points[2]["robust"] == 0.4 and "sweep" in points[2]["model"]
+    (tmp_path / "sweep" / "tradeoff.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"not a robustkern tradeoff\.json"):
+        suite.run_suite({"only": two_models["standard"]}, (xt, yt), tradeoff=tmp_path / "sweep")
