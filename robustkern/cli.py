@@ -285,12 +285,12 @@ def _per_model(values: list[str] | None, specs: list[str]) -> list[str | None]:
 
 def suite_models(args) -> dict[str, torch.nn.Module]:
     """--model (repeatable) with --weights, --model-kwargs and --name per model."""
-    weights = _per_model(args.weights, args.model) if args.weights else [None] * len(args.model)
+    weights = _per_model(args.weights, args.model)
     kwargs = _per_model(args.model_kwargs, args.model)
-    names = _per_model(args.name, args.model) if args.name else []
+    names = _per_model(args.name, args.model)
     out = {}
     for k, spec in enumerate(args.model):
-        name = names[k] if names else spec.rpartition(":")[2]
+        name = names[k] or spec.rpartition(":")[2]
         if name in out:
             name = f"{name}-{k + 1}"
         out[name] = model_from_spec(spec, weights[k], kwargs[k], args.trust_pickle)

@@ -55,9 +55,9 @@ def _total_norm(model: nn.Module) -> float:
 
 
 def first_layer_filters(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    weight, what = _first_layer(model, suite.x.shape[1:])
+    layer, weight, what = _first_layer(model, suite.x.shape[1:])
     ours = _filter_scores(weight)
-    random = _filter_scores(_random_like(model, weight))
+    random = _filter_scores(_random_like(layer, weight))
     # a filter is noise-like when neither score stands out from the random initialisations'
     limits = [torch.quantile(s, 0.95) for s in random]
     noisy = (ours[0] <= limits[0]) & (ours[1] <= limits[1])
@@ -104,22 +104,23 @@ def first_layer_filters(suite: Suite, name: str, model: nn.Module) -> Outcome:
     return Outcome(verdict, summary, figures, images=[image])
 
 
-def _first_layer(model: nn.Module, shape) -> tuple[torch.Tensor, str]:
-    """The first conv's weight (O, I, kh, kw), or a first linear layer's rows as images."""
+def _first_layer(model: nn.Module, shape) -> tuple[nn.Module, torch.Tensor, str]:
+    """(the layer, its filters, a description): the first conv's weight (O, I, kh, kw), or a
+    first linear layer's rows as images."""
     for key, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
-            return m.weight.detach().float().cpu(), f"layer {key} (Conv2d {tuple(m.weight.shape)})"
+            weight = m.weight.detach().float().cpu()
+            return m, weight, f"layer {key} (Conv2d {tuple(weight.shape)})"
         if isinstance(m, nn.Linear):
             if m.in_features != shape.numel():
                 break
             weight = m.weight.detach().float().cpu().view(-1, *shape)
-            return weight, f"layer {key} (Linear, rows as images)"
+            return m, weight, f"layer {key} (Linear, rows as images)"
     raise Skip("the model's first weight layer is neither a Conv2d nor a Linear on the image")
 
 
-def _random_like(model: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    """RANDOM_FILTERS filters drawn by the first layer's own initialisation (reset_parameters)."""
-    layer = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+def _random_like(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """RANDOM_FILTERS filters drawn by the layer's own initialisation (reset_parameters)."""
     layer = copy.deepcopy(layer).cpu().float()
     torch.manual_seed(0)
     draws = []
