@@ -15,22 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustkern._env import device_name
+
 RESULTS = Path(__file__).parent / "results"
 _tables: dict[str, list[str]] = {}
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def slug(text: str) -> str:

@@ -21,6 +21,7 @@ from robustkern import (
     pretrained,
     spectral,
     suite,
+    sweep,
     training,
 )
 from robustkern._io import atomic_torch_save, atomic_write_text
@@ -401,6 +402,39 @@ def cmd_tradeoff(args) -> int:
     return 0
 
 
+def cmd_sweep_run(args) -> int:
+    sweep.run(sweep.load(args.file), device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def cmd_sweep_report(args) -> int:
+    if args.csv:
+        cells, _ = sweep.report.load_cells(args.source)
+        print(sweep.report.table(cells, "csv"), end="")
+    else:
+        print(sweep.write_report(args.source, args.out), end="")
+    if args.out:
+        say(f"written: {args.out}/results.md, results.csv, robust_accuracy.png")
+    return 0
+
+
+def add_sweep_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="models x attacks x eps from a TOML file, torchrun-sharded, into SQLite"
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="run every cell not yet in the store (resumable)")
+    run.add_argument("file", help="the sweep file (TOML)")
+    run.add_argument("--device", default=None, help="overrides [run] device (auto, cpu, cuda)")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_sweep_run)
+    report = actions.add_parser("report", help="tables and plots from a sweep's results")
+    report.add_argument("source", help="the sweep file (its cells) or a results .db (all)")
+    report.add_argument("--out", help="also write results.md, results.csv and a PNG here")
+    report.add_argument("--csv", action="store_true", help="print CSV instead of markdown")
+    report.set_defaults(func=cmd_sweep_report)
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """What every command takes: the data, the device, the seed, progress bars."""
     p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
@@ -491,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_suite_args(p)
     p.set_defaults(func=cmd_suite)
+    add_sweep_parser(sub)
     p = sub.add_parser("attack", help="clean and robust accuracy of a model under an attack")
     add_model_args(p)
     p.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")

@@ -5,7 +5,8 @@
 * ``small_cnn``: two conv stages and a small head; works for any input size >= 4x4.
 * ``resnet``: CIFAR-style ResNet of basic blocks; ``small_resnet`` and ``resnet18`` are presets.
 
-Users' own models come in through ``from_spec("module:factory", weights)``.
+Users' own models come in through ``from_spec("module:factory", weights)`` or, as whole
+models, ``load_model_file`` (TorchScript or torch.export).
 """
 
 from __future__ import annotations
@@ -163,3 +164,35 @@ def from_spec(
         except RuntimeError as e:
             raise ValueError(f"weights file {weights} does not fit {spec}: {e}") from None
     return model
+
+
+class ExportedModel(nn.Module):
+    """A ``torch.export`` program as a module. An exported graph was traced in one mode and
+    has no train/eval switch, so mode changes only set the flag here."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def train(self, mode: bool = True) -> ExportedModel:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
+
+
+def load_model_file(path: str | Path) -> nn.Module:
+    """A whole model from a file: a ``torch.export`` program (``.pt2``, exported with a dynamic
+    batch dimension) or a TorchScript archive (anything else). Neither format runs pickled
+    Python code on load."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        if path.suffix == ".pt2":
+            return ExportedModel(torch.export.load(path).module())
+        return torch.jit.load(path, map_location="cpu")
+    except Exception as e:  # each format fails in its own way on a wrong or damaged file
+        kind = "torch.export (.pt2)" if path.suffix == ".pt2" else "TorchScript"
+        raise ValueError(f"model file {path} is not a readable {kind} file: {e}") from None

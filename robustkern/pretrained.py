@@ -63,3 +63,15 @@ def small_cnn(
     )  # fmt: skip
     atomic_torch_save(model.state_dict(), path)
     return model
+
+
+def trained_cnn(data: str = "digits", adversarial: bool = False) -> torch.nn.Module:
+    """The suite's default models as a factory a sweep file can name
+    (``factory = "robustkern.pretrained:trained_cnn"``): ``small_cnn`` trained on an embedded
+    dataset's training split, standard or with the ``ADVERSARIAL`` PGD-AT recipe; trained on
+    first use (say so on stderr), cached after."""
+    from robustkern.data import load
+
+    x_train, y_train, _, _ = load(data)
+    recipe = ADVERSARIAL if adversarial else {}
+    return small_cnn(data, x_train, y_train, progress=False, **recipe)

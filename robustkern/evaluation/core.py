@@ -195,6 +195,8 @@ class Cascade:
             family = name.split("-")[0]
             own = {k: v for k, v in self.kwargs.items() if k in _SHARED + _OWN[family]}
             own = {**options, **own}  # the user's budget overrides the preset's
+            if isinstance(own["eps"], torch.Tensor) and own["eps"].ndim == 1:
+                own["eps"] = own["eps"][idx]  # one radius per sample: keep the attacked ones'
             if family == "apgd":
                 xa, hit = attacks.apgd(model, x[idx], y[idx], **own, early_stop=True,
                                        return_success=True)  # fmt: skip

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from robustkern._env import world
 from robustkern._io import atomic_write_text, pyplot, save_figure
 from robustkern.data import eps_text
 from robustkern.evaluation import evaluate, model_device
-from robustkern.training.trainer import History, TrainData, _world, fit, plot_histories
+from robustkern.training.trainer import History, TrainData, fit, plot_histories
 
 
 @dataclass
@@ -147,7 +148,7 @@ def tradeoff(
         [c["robust"] for c in cells], [History.from_dict(c["history"]) for c in cells],
         [c["seconds"] for c in cells], bounds,
     )  # fmt: skip
-    if store is not None and _world()[0] == 0:
+    if store is not None and world()[0] == 0:
         result.plot(store.root / "tradeoff.png")
         result.plot_training(store.root / "training.png")
     return result
@@ -177,6 +178,6 @@ class _Store:
 
     def save(self, eps: float, cell: dict) -> None:
         self.cells[format(eps, "g")] = cell
-        if _world()[0] == 0:
+        if world()[0] == 0:
             text = json.dumps({"config": self.config, "cells": self.cells}, indent=1)
             atomic_write_text(self.path, text)

@@ -8,7 +8,6 @@ and DistributedDataParallel when torch.distributed is initialised (e.g. under ``
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from robustkern._env import derived_seed, world
 from robustkern._io import atomic_torch_save, pyplot, save_figure
 from robustkern.attacks import NORMS
 from robustkern.evaluation import eval_mode, evaluate, model_device
@@ -297,19 +297,6 @@ class _Spec:
         return {k: getattr(self, k) for k in keys} | {"n_train": n_train, "world_size": world}
 
 
-def _seed(*keys) -> int:
-    """A 63-bit seed derived from keys, for the per-epoch and per-step generators."""
-    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without an initialised torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class _Batches:
     """Training batches in the trainer's own order (tensors, Dataset) or the user's (DataLoader).
     ``epoch(e, start)`` yields (x, y, shard, scale) for batches ``start..`` of epoch e: shard =
@@ -319,7 +306,7 @@ class _Batches:
     def __init__(self, data: TrainData, batch_size: int, seed: int, num_workers: int):
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.num_workers = num_workers
-        self.rank, self.world = _world()
+        self.rank, self.world = world()
         if isinstance(data, DataLoader):
             self.n = len(data.dataset) if hasattr(data.dataset, "__len__") else None
             self.per_epoch = len(data)
@@ -344,7 +331,9 @@ class _Batches:
             for _ in range(start):
                 next(batches)
             return ((b[0], b[1], None, 1.0) for b in batches)
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(_seed(self.seed, e)))
+        order = torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(derived_seed(self.seed, e))
+        )
         mine, shards = [], []
         for batch in order.split(self.batch_size)[start : self.per_epoch]:
             parts = torch.tensor_split(batch, self.world)
@@ -409,7 +398,7 @@ def _stack(data: TrainData, index: Sequence[int]) -> tuple[torch.Tensor, torch.T
 class _Trainer:
     def __init__(self, model, train_data, val_data, spec: _Spec):
         self.spec, self.model = spec, model
-        self.rank, self.world = _world()
+        self.rank, self.world = world()
         self.device = spec.device or model_device(model)
         model.to(self.device)
         if spec.channels_last:
@@ -463,7 +452,7 @@ class _Trainer:
     def _train_epoch(self, bar) -> None:
         spec, start = self.spec, self.batch
         if start == 0:
-            torch.manual_seed(_seed(spec.seed, "epoch", self.epoch, self.rank))
+            torch.manual_seed(derived_seed(spec.seed, "epoch", self.epoch, self.rank))
             self.partial = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         rng_at_checkpoint = torch.get_rng_state() if start else None
         batches = self.batches.epoch(self.epoch, start)
@@ -477,7 +466,7 @@ class _Trainer:
         for x, y, shard, scale in batches:
             x, y = self._to_device(x, y)
             who = 0 if shard is not None else self.rank  # a shard draws the global batch's noise
-            generator.manual_seed(_seed(spec.seed, "step", self.step, who))
+            generator.manual_seed(derived_seed(spec.seed, "step", self.step, who))
             loss, logits = self._loss(x, y, shard, generator)
             self._update(loss * scale if scale != 1.0 else loss)
             loss_sum += loss.detach().double() * len(y)
@@ -594,7 +583,9 @@ class _Trainer:
         spec = self.spec
         if self.world > 1 and not isinstance(data, DataLoader):
             data = _rows(data, range(self.rank, _length(data), self.world))
-        g = torch.Generator(self.device).manual_seed(_seed(spec.seed, what, self.epoch, self.rank))
+        g = torch.Generator(self.device).manual_seed(
+            derived_seed(spec.seed, what, self.epoch, self.rank)
+        )
         attack = "pgd" if spec.eps > 0 else "none"
         kwargs = dict(eps=spec.eps, norm=spec.norm, steps=spec.val_steps, generator=g,
                       bounds=spec.bounds)  # fmt: skip

@@ -1,0 +1,333 @@
+"""The sweep file (TOML): data, models, attacks, store and run settings, checked in full
+before any work starts, and its expansion into cells (one model x attack x eps each) with a
+configuration hash that identifies a cell in the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from robustkern.attacks import NORMS
+
+SPLITS = ("test", "train", "all")
+SHARING = ("auto", "cascade", "batch", "none")
+_POSITIVE_INT = ("int", 1)
+# Per attack: the options a sweep may set and what each must be. Everything else is a mistake
+# the user should hear about before the sweep starts.
+ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "fgsm": {},
+    "pgd": {
+        "steps": _POSITIVE_INT,
+        "restarts": _POSITIVE_INT,
+        "loss": ("ce", "margin"),
+        "random_start": ("bool",),
+    },
+    "apgd": {
+        "steps": _POSITIVE_INT,
+        "restarts": _POSITIVE_INT,
+        "loss": ("ce", "dlr"),
+        "targeted": ("bool",),
+        "n_targets": _POSITIVE_INT,
+    },
+    "adam": {
+        "steps": _POSITIVE_INT,
+        "lr": ("number", lambda v: v > 0, "> 0"),
+        "random_start": ("number", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "loss": ("ce", "margin"),
+    },
+    "square": {
+        "queries": _POSITIVE_INT,
+        "restarts": _POSITIVE_INT,
+        "p_init": ("number", lambda v: 0 < v <= 1, "in (0, 1]"),
+    },
+    "standard": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "queries": _POSITIVE_INT},
+    "fast": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT},
+    "min-norm": {"steps": _POSITIVE_INT, "verify_steps": ("int", 0)},
+}
+ATTACKS = tuple(ATTACK_OPTIONS)
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot run: the message names the file, the entry and the key."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str  # an embedded dataset's name or the .npz path as written
+    path: Path | None  # the .npz file, resolved against the sweep file
+    split: str = "test"
+    limit: int | None = None
+    test_fraction: float = 0.2
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else self.name
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    factory: str | None = None
+    kwargs: dict = field(default_factory=dict)
+    weights: Path | None = None
+    file: Path | None = None  # a TorchScript or torch.export (.pt2) file instead of a factory
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    label: str  # how tables name it; defaults to the attack's name
+    name: str
+    norm: str  # "linf" or "l2" ("" for "none")
+    eps: tuple[float, ...]  # ascending
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    data: DataSpec
+    models: tuple[ModelSpec, ...]
+    attacks: tuple[AttackSpec, ...]
+    store: Path
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+    share: str = "auto"
+
+
+def load(path: str | Path) -> Sweep:
+    """Reads and checks a sweep file; every problem is a SweepError naming where it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SweepError(f"{path} is not valid TOML: {e}") from None
+    where = _Where(path)
+    where.keys(raw, "the file", {"data", "models", "attacks", "store", "run"})
+    base = path.resolve().parent
+    run = _table(raw, "run", where)
+    where.keys(run, "[run]", {"seed", "batch_size", "device", "share"})
+    store = _table(raw, "store", where)
+    where.keys(store, "[store]", {"path"})
+    models = _array(raw, "models", where)
+    attacks = _array(raw, "attacks", where)
+    sweep = Sweep(
+        path=path,
+        data=_data(_table(raw, "data", where, required=True), base, where),
+        models=tuple(_model(m, i, base, where) for i, m in enumerate(models)),
+        attacks=tuple(_attack(a, i, where) for i, a in enumerate(attacks)),
+        store=base / where.typed(store.get("path", "results.db"), str, "[store] path"),
+        seed=where.typed(run.get("seed", 0), int, "[run] seed"),
+        batch_size=where.positive(run.get("batch_size", 256), "[run] batch_size"),
+        device=where.typed(run.get("device", "auto"), str, "[run] device"),
+        share=where.choice(run.get("share", "auto"), SHARING, "[run] share"),
+    )
+    where.unique([m.name for m in sweep.models], "model name", "[[models]]")
+    where.unique(
+        [(a.label, a.norm) for a in sweep.attacks],
+        "attack label and norm",
+        "[[attacks]] (give repeated attacks a distinct label =)",
+    )
+    return sweep
+
+
+def cell_config(
+    sweep: Sweep, model: ModelSpec, attack: AttackSpec, eps: float, fingerprints: dict[str, str]
+) -> dict:
+    """Everything that defines one cell's measurement; its hash identifies the cell.
+    ``fingerprints``: content hashes of the data ("data") and of each model's file (by name)."""
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(sweep.data).items()}
+    spec = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(model).items()}
+    return {
+        "data": {**data, "sha256": fingerprints["data"]},
+        "model": {**spec, "sha256": fingerprints[model.name]},
+        "attack": {
+            "label": attack.label,
+            "name": attack.name,
+            "norm": attack.norm,
+            "eps": eps,
+            "params": attack.params,
+        },
+        "seed": sweep.seed,
+    }
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+class _Where:
+    """Error messages that name the file and the entry."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, message: str) -> SweepError:
+        return SweepError(f"{self.path}: {message}")
+
+    def keys(self, table: dict, what: str, allowed: set[str]) -> None:
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise self.fail(f"unknown key(s) {unknown} in {what}; allowed: {sorted(allowed)}")
+
+    def typed(self, value, kind: type, what: str):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(f"{what} must be a {kind.__name__}, got {value!r}")
+        return value
+
+    def positive(self, value, what: str) -> int:
+        if self.typed(value, int, what) < 1:
+            raise self.fail(f"{what} must be >= 1, got {value}")
+        return value
+
+    def choice(self, value, choices: tuple, what: str):
+        if value not in choices:
+            raise self.fail(f"{what} must be one of {list(choices)}, got {value!r}")
+        return value
+
+    def unique(self, values: list, what: str, where: str) -> None:
+        seen = {v for v in values if values.count(v) > 1}
+        if seen:
+            raise self.fail(f"{where}: each {what} must be unique, repeated: {sorted(seen)}")
+
+
+def _table(raw: dict, key: str, where: _Where, required: bool = False) -> dict:
+    if key not in raw:
+        if required:
+            raise where.fail(f"missing the [{key}] table")
+        return {}
+    if not isinstance(raw[key], dict):
+        raise where.fail(f"{key} must be a table ([{key}]), got {raw[key]!r}")
+    return raw[key]
+
+
+def _array(raw: dict, key: str, where: _Where) -> list[dict]:
+    entries = raw.get(key)
+    if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
+        raise where.fail(f"needs at least one [[{key}]] entry")
+    return entries
+
+
+def _data(table: dict, base: Path, where: _Where) -> DataSpec:
+    where.keys(table, "[data]", {"name", "path", "split", "limit", "test_fraction"})
+    if ("name" in table) == ("path" in table):
+        raise where.fail("[data] needs exactly one of name = (digits, mnist-5k) or path = (.npz)")
+    limit = table.get("limit")
+    fraction = table.get("test_fraction", 0.2)
+    if not isinstance(fraction, float) or not 0 < fraction < 1:
+        raise where.fail(f"[data] test_fraction must be a number in (0, 1), got {fraction!r}")
+    path = None
+    if "path" in table:
+        path = base / where.typed(table["path"], str, "[data] path")
+        if path.suffix != ".npz" or not path.is_file():
+            raise where.fail(f"[data] path: {path} is not an existing .npz file")
+    return DataSpec(
+        name=where.typed(table.get("name", table.get("path")), str, "[data] name"),
+        path=path,
+        split=where.choice(table.get("split", "test"), SPLITS, "[data] split"),
+        limit=None if limit is None else where.positive(limit, "[data] limit"),
+        test_fraction=fraction,
+    )
+
+
+def _model(table: dict, i: int, base: Path, where: _Where) -> ModelSpec:
+    what = f"[[models]] entry {i + 1}"
+    where.keys(table, what, {"name", "factory", "kwargs", "weights", "file", "trust_pickle"})
+    name = where.typed(table.get("name"), str, f"{what}: name")
+    what = f"[[models]] {name!r}"
+    if ("factory" in table) == ("file" in table):
+        raise where.fail(f"{what} needs exactly one of factory = 'module:function' or file =")
+    if "file" in table and ("weights" in table or "kwargs" in table):
+        raise where.fail(f"{what}: a model file carries its weights; drop weights and kwargs")
+    factory = table.get("factory")
+    if factory is not None and ":" not in where.typed(factory, str, f"{what}: factory"):
+        raise where.fail(f"{what}: factory must be module:function, got {factory!r}")
+    files = {}
+    for key in ("weights", "file"):
+        if key in table:
+            files[key] = base / where.typed(table[key], str, f"{what}: {key}")
+            if not files[key].is_file():
+                raise where.fail(f"{what}: {key} file {files[key]} does not exist")
+    return ModelSpec(
+        name=name,
+        factory=factory,
+        kwargs=where.typed(table.get("kwargs", {}), dict, f"{what}: kwargs"),
+        weights=files.get("weights"),
+        file=files.get("file"),
+        trust_pickle=where.typed(table.get("trust_pickle", False), bool, f"{what}: trust_pickle"),
+    )
+
+
+def _attack(table: dict, i: int, where: _Where) -> AttackSpec:
+    name = table.get("name")
+    what = f"[[attacks]] entry {i + 1}"
+    if name not in ATTACK_OPTIONS:
+        raise where.fail(f"{what}: unknown attack {name!r}; known: {list(ATTACKS)}")
+    options = ATTACK_OPTIONS[name]
+    what = f"[[attacks]] {table.get('label', name)!r}"
+    where.keys(table, what, {"name", "label", "norm", "eps", *options})
+    if name == "none":
+        if "eps" in table or "norm" in table:
+            raise where.fail(f"{what}: the clean-accuracy entry 'none' takes no eps or norm")
+        norm, eps = "", (0.0,)
+    else:
+        norm = where.choice(table.get("norm"), NORMS, f"{what}: norm")
+        if name == "fgsm" and norm != "linf":
+            raise where.fail(f"{what}: fgsm is an L-inf attack (norm = 'linf')")
+        eps = _eps_list(table.get("eps"), f"{what}: eps", where)
+    params = {
+        key: _option(table[key], spec, f"{what}: {key}", where)
+        for key, spec in options.items()
+        if key in table
+    }
+    label = where.typed(table.get("label", name), str, f"{what}: label")
+    return AttackSpec(label=label, name=name, norm=norm, eps=eps, params=params)
+
+
+def _eps_list(values, what: str, where: _Where) -> tuple[float, ...]:
+    """Numbers or "k/255"-style strings, each finite and >= 0, no repeats; sorted ascending."""
+    if not isinstance(values, list) or not values:
+        raise where.fail(f"{what} must be a non-empty list, e.g. [0.1, 0.2] or ['8/255']")
+    out = []
+    for v in values:
+        try:
+            e = float(Fraction(v)) if isinstance(v, str) else float(v)
+        except (ValueError, ZeroDivisionError, TypeError):
+            e = math.nan
+        if isinstance(v, bool) or not math.isfinite(e) or e < 0:
+            raise where.fail(f"{what}: {v!r} is not a finite number >= 0")
+        out.append(e)
+    if len(set(out)) != len(out):
+        raise where.fail(f"{what}: repeated values in {values}")
+    return tuple(sorted(out))
+
+
+def _option(value, spec: tuple, what: str, where: _Where):
+    kind = spec[0]
+    if kind == "int":
+        if where.typed(value, int, what) < spec[1]:
+            raise where.fail(f"{what} must be >= {spec[1]}, got {value}")
+    elif kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec[1](value):
+            raise where.fail(f"{what} must be a number {spec[2]}, got {value!r}")
+        value = float(value)
+    elif kind == "bool":
+        where.typed(value, bool, what)
+    elif value not in spec:
+        raise where.fail(f"{what} must be one of {list(spec)}, got {value!r}")
+    return value

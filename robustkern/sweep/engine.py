@@ -1,0 +1,423 @@
+"""Running a sweep: every cell's examples split over torch.distributed ranks (or one process),
+the outcomes all-reduced, rank 0 recording them.
+
+Work is done per *group*: one model and one attack entry with all of its eps values not yet in
+the store. The data are cut into batches of ``batch_size`` examples, the same batches whatever
+the number of ranks; rank r takes batches r, r + world, ... and seeds each batch's generator
+from the sweep seed, the group and the batch index, so every rank count gives the same outcome
+for every example. Within a batch the eps values share work in one of three ways:
+
+* ``cascade`` (the CPU default): eps in ascending order, each attacking only the examples that
+  survived the smaller ones; an example fooled at eps_k is counted fooled at every larger eps,
+  because the adversarial point found lies inside those balls too (sound, and it skips them).
+* ``batch`` (the GPU default): one attack call on every (example, eps) pair at once, eps given
+  per sample to the fused projection ops; many small batches become one large one.
+* ``none``: each eps on its own, as separate runs would do (for comparison).
+
+All three report the same quantity: an example is robust at eps when it is classified correctly
+and no adversarial point was found at that eps or a smaller one in the list. ``min-norm``
+needs no sharing: one run of the minimum-norm attack gives each example's smallest adversarial
+distance, hence every eps at once (robust at eps when that distance exceeds eps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from robustkern import attacks, data, models
+from robustkern._env import code_version, derived_seed, device_name, world
+from robustkern.evaluation import PRESETS, Cascade, eval_mode, model_device
+from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, cell_config, config_hash
+from robustkern.sweep.store import Store
+
+
+@dataclass
+class Cell:
+    model: ModelSpec
+    attack: AttackSpec
+    eps: float
+    config: dict
+    hash: str
+
+
+@dataclass
+class Summary:
+    """What a run did: cells computed now, cells found already recorded, wall time."""
+
+    computed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    lines: list[str] = field(default_factory=list)  # one result line per computed cell
+
+
+def run(
+    sweep: Sweep,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Summary:
+    """Runs every cell of ``sweep`` not yet in its store. Under torchrun (WORLD_SIZE > 1) the
+    process group is initialised here if needed (nccl on CUDA, gloo on CPU). Everything that
+    can be checked (data, models and their weights, models against the data) is checked on
+    every rank before any attack runs."""
+    start = time.perf_counter()
+    own_group = _init_distributed(device or sweep.device)
+    rank, world_size = world()
+    dev = _device(device or sweep.device)
+    say = log if rank == 0 else (lambda _: None)
+    try:
+        x, y = load_data(sweep)
+        nets = {m.name: load_model(m, sweep.seed).to(dev) for m in sweep.models}
+        for name, net in nets.items():
+            check_model(name, net, x[:2].to(dev), int(y.max()) + 1)
+        fingerprints = {"data": _fingerprint_data(x, y)}
+        fingerprints.update({name: _fingerprint_model(net) for name, net in nets.items()})
+        groups = plan(sweep, fingerprints)
+        finished = _finished_cells(sweep, rank)
+        summary = Summary()
+        total = sum(len(g) for g in groups)
+        pending = [[c for c in g if c.hash not in finished] for g in groups]
+        summary.skipped = total - sum(len(g) for g in pending)
+        say(
+            f"sweep {sweep.path}: {len(x)} examples, {len(sweep.models)} model(s), "
+            f"{len(sweep.attacks)} attack(s): {total} cells, {summary.skipped} already in "
+            f"{sweep.store}, {world_size} rank(s) on {dev}"
+        )
+        with Store(sweep.store) if rank == 0 else nullcontext() as store:
+            for cells in filter(None, pending):
+                _run_group(cells, nets, x, y, sweep, dev, store, summary, progress, say)
+        summary.seconds = time.perf_counter() - start
+        say(
+            f"done: {summary.computed} cell(s) computed, {summary.skipped} skipped, "
+            f"{summary.seconds:.1f} s; results in {sweep.store}"
+        )
+        return summary
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _run_group(cells, nets, x, y, sweep, device, store, summary, progress, say) -> None:
+    """One model and attack at the eps values still missing: evaluated, recorded by rank 0."""
+    rank, world_size = world()
+    attack = cells[0].attack
+    rows, seconds, share = evaluate_group(
+        nets[cells[0].model.name], attack, [c.eps for c in cells], x, y,
+        batch_size=sweep.batch_size, seed=(sweep.seed, config_hash(cells[0].config)),
+        share=sweep.share, device=device, progress=progress and rank == 0,
+        desc=f"{cells[0].model.name} {attack.label} {attack.norm}",
+    )  # fmt: skip
+    if store is not None:
+        _record(store, sweep, cells, rows, y, seconds, share, device, world_size)
+    for cell, (_, robust) in zip(cells, rows[1], strict=True):
+        summary.lines.append(_result_line(cell, rows[0], robust))
+        say(summary.lines[-1])
+    summary.computed += len(cells)
+
+
+def plan(sweep: Sweep, fingerprints: dict[str, str]) -> list[list[Cell]]:
+    """The grid: one group per model and attack entry, one cell per eps."""
+    groups = []
+    for model in sweep.models:
+        for attack in sweep.attacks:
+            group = []
+            for eps in attack.eps:
+                config = cell_config(sweep, model, attack, eps, fingerprints)
+                group.append(Cell(model, attack, eps, config, config_hash(config)))
+            groups.append(group)
+    return groups
+
+
+def load_data(sweep: Sweep) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = sweep.data
+    x_train, y_train, x_test, y_test = data.load(spec.source, test_fraction=spec.test_fraction)
+    x, y = {
+        "test": (x_test, y_test),
+        "train": (x_train, y_train),
+        "all": (torch.cat([x_train, x_test]), torch.cat([y_train, y_test])),
+    }[spec.split]
+    return (x[: spec.limit], y[: spec.limit]) if spec.limit else (x, y)
+
+
+def load_model(spec: ModelSpec, seed: int) -> torch.nn.Module:
+    """The model a [[models]] entry names (seeded, so that a factory without weights builds the
+    same random model on every rank and every run)."""
+    torch.manual_seed(seed)
+    if spec.file is not None:
+        return models.load_model_file(spec.file)
+    return models.from_spec(
+        spec.factory, spec.weights, kwargs=spec.kwargs, trust_pickle=spec.trust_pickle
+    )
+
+
+def check_model(name: str, model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
+    """One forward on one and on two examples: logits (N, classes) covering every label."""
+    for n in (1, 2):
+        try:
+            with torch.no_grad(), eval_mode(model):
+                logits = model(x[:n])
+        except Exception as e:  # any failure of the user's model on our data
+            raise ValueError(
+                f"model {name!r} fails on the sweep's data {tuple(x.shape[1:])}: {e}"
+            ) from None
+        if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < classes:
+            raise ValueError(
+                f"model {name!r} returns shape {tuple(logits.shape)} for {n} example(s); "
+                f"expected ({n}, classes) logits for the data's {classes} classes"
+            )
+
+
+def evaluate_group(
+    model: torch.nn.Module,
+    attack: AttackSpec,
+    eps: list[float],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    seed: object = 0,
+    share: str = "auto",
+    device: torch.device | None = None,
+    progress: bool = False,
+    desc: str = "",
+) -> tuple[tuple, float, str]:
+    """Outcomes of one model under one attack at each eps (ascending), all examples, sharded over
+    the ranks and all-reduced: ((clean (N,), [(distance (N,) or None, robust (N,))] per eps),
+    wall seconds, the sharing used). ``seed``: anything with a stable repr; each batch's
+    generator is seeded from it and the batch's first index."""
+    rank, world_size = world()
+    device = device or model_device(model)
+    share = _sharing(share, attack, device)
+    n, k = len(x), len(eps)
+    # rows: clean, robust at each eps, covered (each example exactly once over the ranks)
+    table = torch.zeros(k + 2, n, dtype=torch.float64, device=device)
+    distance = torch.zeros(n, dtype=torch.float64, device=device)
+    starts = list(range(0, n, batch_size))[rank::world_size]
+    start = time.perf_counter()
+    with eval_mode(model):
+        for s in tqdm(starts, desc=desc.strip(), disable=not progress, unit="batch"):
+            rows = slice(s, min(s + batch_size, n))
+            g = torch.Generator(device).manual_seed(derived_seed(seed, s))
+            xb, yb = x[rows].to(device), y[rows].to(device)
+            ok, fooled, dist_b = _attack_batch(model, attack, eps, xb, yb, g, share)
+            table[0, rows] = ok.double()
+            table[1 : k + 1, rows] = (ok & (fooled.cumsum(dim=0) == 0)).double()
+            table[k + 1, rows] = 1
+            if dist_b is not None:
+                distance[rows] = dist_b.double()
+    if world_size > 1:
+        dist.all_reduce(table)
+        dist.all_reduce(distance)
+    if not bool((table[k + 1] == 1).all()):
+        raise RuntimeError("sweep sharding error: an example was evaluated by no rank or twice")
+    clean = table[0].bool().cpu()
+    dists = distance.cpu() if attack.name == "min-norm" else None
+    per_eps = [(dists, table[1 + i].bool().cpu()) for i in range(k)]
+    return (clean, per_eps), time.perf_counter() - start, share
+
+
+def _attack_batch(model, attack: AttackSpec, eps: list[float], x, y, g, share: str):
+    """(clean correct (B,), fooled (K, B) at each eps, min-norm distances (B,) or None)."""
+    with torch.no_grad():
+        ok = model(x).argmax(dim=1) == y
+    k, b = len(eps), len(x)
+    fooled = torch.zeros(k, b, dtype=torch.bool, device=x.device)
+    idx = ok.nonzero().squeeze(1)
+    if attack.name == "none" or idx.numel() == 0:
+        return ok, fooled, (torch.zeros(b, device=x.device) if attack.name == "min-norm" else None)
+    if attack.name == "min-norm":
+        distance = _min_norm_distances(model, attack, eps, x, y, idx, g)
+        eps_t = torch.tensor(eps, dtype=torch.float64, device=x.device)[:, None]
+        return ok, ok & (distance[None] <= eps_t), distance
+    if share == "batch":  # every (example, eps) pair in one call, eps per sample
+        rows = idx.repeat(k)
+        per_row = torch.tensor(eps, device=x.device).repeat_interleave(idx.numel())
+        hit = _fooled(model, attack, x[rows], y[rows], per_row, g)
+        fooled[:, idx] = hit.view(k, -1)
+        return ok, fooled, None
+    alive = ok.clone()
+    for i, e in enumerate(eps):
+        idx = alive.nonzero().squeeze(1)
+        if idx.numel():
+            fooled[i, idx] = _fooled(model, attack, x[idx], y[idx], e, g)
+        if share == "cascade":
+            alive &= ~fooled[i]
+    return ok, fooled, None
+
+
+def _min_norm_distances(model, attack: AttackSpec, eps: list[float], x, y, idx, g):
+    """Per example, the smallest radius at which an adversarial point was found (0 if
+    misclassified, inf if none). FMN gives the distances; then, unless ``verify_steps = 0``,
+    each example's claim to be robust at the largest grid eps below its distance is checked
+    with PGD at that eps (one batch, eps per sample), stepping down the grid while PGD
+    succeeds: FMN alone stops in local minima on some examples and overstates robustness."""
+    params = dict(attack.params)
+    verify_steps = params.pop("verify_steps", 10)
+    distance = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    _, d = attacks.min_norm(model, x[idx], y[idx], norm=attack.norm, return_norms=True, **params)
+    distance[idx] = d.double()
+    grid = torch.tensor(eps, dtype=torch.float64, device=x.device)  # exact grid values
+    claimed = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    claimed[idx] = True
+    for _ in range(len(eps) if verify_steps else 0):
+        below = (grid[None] < distance[:, None]).sum(dim=1)  # grid points claimed robust
+        todo = (claimed & (below > 0)).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        e = grid[below[todo] - 1]
+        _, hit = attacks.pgd(model, x[todo], y[todo], eps=e.float(), norm=attack.norm,
+                             steps=verify_steps, generator=g, early_stop=True,
+                             return_success=True)  # fmt: skip
+        distance[todo[hit]] = e[hit]
+        claimed[todo[~hit]] = False  # verified at its largest claimed eps
+    return distance
+
+
+def _fooled(model, attack: AttackSpec, x, y, eps, g) -> torch.Tensor:
+    """Whether ``attack`` finds an adversarial point for each sample (eps: float or per sample)."""
+    p, name = attack.params, attack.name
+    common = {"eps": eps, "norm": attack.norm, "generator": g}
+    if name == "fgsm":
+        x_adv = attacks.fgsm(model, x, y, eps=eps)
+        with torch.no_grad():
+            return model(x_adv).argmax(dim=1) != y
+    if name in PRESETS:
+        return Cascade(name, **common, **p)(model, x, y)[1]
+    if name == "pgd":
+        return attacks.pgd(model, x, y, **common, **p, early_stop=True, return_success=True)[1]
+    if name == "apgd":
+        return attacks.apgd(model, x, y, **common, **p, early_stop=True, return_success=True)[1]
+    if name == "adam":
+        return attacks.adam_pgd(model, x, y, **common, **p, return_success=True)[1]
+    if name == "square":
+        return attacks.square(model, x, y, **common, **p, return_success=True)[1]
+    raise ValueError(f"unknown attack {name!r}")  # the sweep file check makes this unreachable
+
+
+def _sharing(requested: str, attack: AttackSpec, device: torch.device) -> str:
+    if attack.name in ("none", "min-norm"):
+        return attack.name  # one run covers every eps
+    if requested == "auto":
+        return "batch" if device.type == "cuda" else "cascade"
+    return requested
+
+
+def _record(store, sweep, cells, rows, y, seconds, share, device, world_size) -> None:
+    clean, per_eps = rows
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    group_id = uuid.uuid4().hex
+    labels = y.tolist()
+    ok = clean.tolist()
+    entries = []
+    for cell, (dists, robust) in zip(cells, per_eps, strict=True):
+        n = len(clean)
+        row = {
+            "config_hash": cell.hash,
+            "sweep": str(sweep.path.resolve()),
+            "model": cell.model.name,
+            "attack": cell.attack.label,
+            "attack_name": cell.attack.name,
+            "norm": cell.attack.norm,
+            "eps": cell.eps,
+            "n": n,
+            "clean_correct": int(clean.sum()),
+            "robust_correct": int(robust.sum()),
+            "clean_accuracy": clean.float().mean().item() if n else None,
+            "robust_accuracy": robust.float().mean().item() if n else None,
+            "config": cell.config,
+            "code_version": code_version(),
+            "torch_version": torch.__version__,
+            "device": device_name(device),
+            "world_size": world_size,
+            "share": share,
+            "group_id": group_id,
+            "seconds": seconds,
+            "started_at": now,
+            "finished_at": now,
+        }
+        d = dists.tolist() if dists is not None else [None] * n
+        outcomes = [(i, labels[i], int(ok[i]), int(r), d[i]) for i, r in enumerate(robust.tolist())]
+        entries.append((row, outcomes))
+    store.record(entries)
+
+
+def _result_line(cell: Cell, clean: torch.Tensor, robust: torch.Tensor) -> str:
+    what = f"{cell.model.name} | " + (
+        "clean" if cell.attack.name == "none"
+        else f"{cell.attack.label} {cell.attack.norm} eps {cell.eps:g}"
+    )  # fmt: skip
+    if not len(clean):
+        return f"{what}: no examples"
+    text = f"{what}: clean {100 * clean.float().mean().item():.1f} %"
+    return (
+        text
+        if cell.attack.name == "none"
+        else f"{text}, robust {100 * robust.float().mean().item():.1f} %"
+    )
+
+
+def _fingerprint_data(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (x, y):
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint_model(model: torch.nn.Module) -> str:
+    """A hash of the parameters and buffers (names, dtypes, shapes, values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _finished_cells(sweep: Sweep, rank: int) -> set[str]:
+    """The store's finished cells, read by rank 0 and sent to every rank (a store that cannot
+    be opened stops every rank with rank 0's message)."""
+    message: list = [None]
+    if rank == 0:
+        try:
+            with Store(sweep.store) as store:
+                message[0] = store.finished()
+        except (ValueError, OSError) as e:
+            message[0] = f"{type(e).__name__}: {e}"
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(message, src=0)
+    if isinstance(message[0], str):
+        raise ValueError(message[0])
+    return message[0]
+
+
+def _init_distributed(device: str) -> bool:
+    """Initialises torch.distributed under torchrun; True when this call did it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def _device(device: str) -> torch.device:
+    """ "auto": this rank's GPU when there is one, else the CPU; "cuda" is this rank's GPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)

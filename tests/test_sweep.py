@@ -1,0 +1,369 @@
+"""robustkern.sweep: the sweep file, sharding over gloo ranks, the SQLite store, resume after
+SIGKILL, eps sharing, the minimum-norm curve against fixed-eps attacks, reports."""
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustkern import cli, models, sweep
+from robustkern.evaluation import evaluate
+from robustkern.sweep import engine, store
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = '[data]\nname = "digits"\nlimit = {limit}\n'
+CNN = """
+[[models]]
+name = "{name}"
+factory = "robustkern.models:small_cnn"
+kwargs = {{ in_channels = 1, num_classes = 10, width = 16 }}
+weights = "cnn.pt"
+"""
+RANDOM_CNN = CNN.format(name="m").replace('weights = "cnn.pt"', "")
+PGD = """
+[[attacks]]
+name = "pgd"
+norm = "linf"
+eps = [0.05, 0.1, 0.2]
+steps = 5
+"""
+
+
+def write_sweep(folder: Path, body: str, model=None, limit: int = 200) -> Path:
+    """A sweep file next to the session's trained digits CNN (cnn.pt)."""
+    if model is not None and not (folder / "cnn.pt").exists():
+        torch.save(model.state_dict(), folder / "cnn.pt")
+    path = folder / "sweep.toml"
+    path.write_text(DATA.format(limit=limit) + body)
+    return path
+
+
+def dump(db: Path) -> list[tuple]:
+    """Every outcome with its cell's coordinates, sorted."""
+    with sqlite3.connect(db) as con:
+        return sorted(con.execute(
+            "SELECT c.model, c.attack, c.norm, c.eps, o.example, o.label, o.clean_correct, "
+            "o.robust_correct, o.distance FROM outcomes o JOIN cells c ON c.id = o.cell_id"
+        ))  # fmt: skip
+
+
+def run_cli(args: list[str], env: dict | None = None, **kwargs):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"} | (env or {})
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, **kwargs)
+
+
+@pytest.fixture()
+def cnn(digits_model):
+    """The session's digits CNN rebuilt through the factory a sweep file names."""
+    model = models.small_cnn(1, 10, width=16)
+    model.load_state_dict(digits_model[0].state_dict())
+    return model.eval()
+
+
+def test_two_gloo_ranks_give_exactly_the_counts_of_one(tmp_path, cnn):
+    body = (
+        CNN.format(name="cnn")
+        + PGD
+        + """
+[[attacks]]
+name = "pgd"
+label = "pgd-batched"
+norm = "l2"
+eps = [0.5, 1.0]
+steps = 5
+[[attacks]]
+name = "min-norm"
+norm = "linf"
+eps = [0.05, 0.1]
+steps = 20
+[run]
+batch_size = 24
+share = "auto"
+"""
+    )
+    path = write_sweep(tmp_path, body, cnn, limit=150)
+    one = run_cli(["robustkern.cli", "sweep", "run", str(path), "--no-progress"])
+    assert one.wait(timeout=300) == 0
+    (tmp_path / "results.db").rename(tmp_path / "one.db")
+    two = run_cli(["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                   "robustkern.cli", "sweep", "run", str(path), "--no-progress"],
+                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    out, _ = two.communicate(timeout=300)
+    assert two.returncode == 0, out[-3000:]
+    assert "2 rank(s)" in out
+    rows = dump(tmp_path / "results.db")
+    assert len(rows) == 150 * 7 and rows == dump(tmp_path / "one.db")
+    with sqlite3.connect(tmp_path / "results.db") as con:
+        assert {r[0] for r in con.execute("SELECT world_size FROM cells")} == {2}
+        # 150 examples in batches of 24: both ranks had work, and the counts add up
+        for n, clean, robust, cell in con.execute(
+            "SELECT n, clean_correct, robust_correct, id FROM cells"
+        ):
+            sums = con.execute(
+                "SELECT count(*), sum(clean_correct), sum(robust_correct) FROM outcomes "
+                "WHERE cell_id = ?", (cell,),
+            ).fetchone()  # fmt: skip
+            assert sums == (n, clean, robust)
+
+
+def test_sigkill_mid_cell_then_rerun_records_every_cell_once(tmp_path, cnn):
+    body = CNN.format(name="a") + """
+[[models]]
+name = "b"
+factory = "tests._sweep_models:slow_cnn"
+kwargs = { in_channels = 1, num_classes = 10, width = 16 }
+""" + PGD + "[run]\nbatch_size = 50\n"  # fmt: skip
+    path = write_sweep(tmp_path, body, cnn)
+    marker = tmp_path / "b-is-running"
+    proc = run_cli(["robustkern.cli", "sweep", "run", str(path), "--no-progress"],
+                   env={"SWEEP_TEST_MARKER": str(marker)})  # fmt: skip
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # well inside b's cell: each of its forwards sleeps 0.05 s
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before the kill"
+    db = tmp_path / "results.db"
+    with sqlite3.connect(db) as con:
+        before = con.execute("SELECT model, eps, id, group_id, finished_at FROM cells").fetchall()
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert sorted((m, e) for m, e, *_ in before) == [("a", 0.05), ("a", 0.1), ("a", 0.2)]
+    rerun = run_cli(["robustkern.cli", "sweep", "run", str(path), "--no-progress"],
+                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0
+    assert "6 cells, 3 already in" in out and "3 cell(s) computed, 3 skipped" in out
+    with sqlite3.connect(db) as con:
+        after = con.execute("SELECT model, eps, id, group_id, finished_at FROM cells").fetchall()
+        assert len(after) == 6 and len({(m, e) for m, e, *_ in after}) == 6
+        assert set(before) <= set(after)  # the finished cells were not recomputed
+        assert con.execute("SELECT count(*) FROM outcomes").fetchone() == (6 * 200,)
+    again = run_cli(["robustkern.cli", "sweep", "run", str(path), "--no-progress"],
+                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert "0 cell(s) computed, 6 skipped" in again.communicate(timeout=300)[0]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("[[models]\nname = 1", "not valid TOML"),
+        (CNN.format(name="m") + '[[attacks]]\nname = "pgdd"\nnorm = "linf"\neps = [0.1]\n',
+         "unknown attack 'pgdd'"),
+        (CNN.format(name="m").replace("cnn.pt", "missing.pt") + PGD,
+         "weights file"),
+        (CNN.format(name="m") + PGD.replace("steps = 5", "stpes = 5"), "unknown key(s) ['stpes']"),
+        (CNN.format(name="m") + PGD.replace("steps = 5", "steps = 0"), "steps must be >= 1"),
+        (CNN.format(name="m") + PGD.replace('"linf"', '"l3"'), "norm must be one of"),
+        (CNN.format(name="m") + PGD.replace("0.05,", "-0.05,"), "not a finite number >= 0"),
+        (CNN.format(name="m") + PGD.replace("0.05,", '"8/0",'), "not a finite number >= 0"),
+        (CNN.format(name="m") + PGD.replace('name = "pgd"', 'name = "fgsm"').replace(
+            "steps = 5", "").replace('"linf"', '"l2"'), "fgsm is an L-inf attack"),
+        (CNN.format(name="m") + CNN.format(name="m") + PGD, "repeated: ['m']"),
+        (CNN.format(name="m") + PGD + PGD, "give repeated attacks a distinct label"),
+        (CNN.format(name="m").replace("robustkern.models:small_cnn", "nowhere.mod:f") + PGD,
+         "cannot find model factory"),
+        (RANDOM_CNN.replace("in_channels = 1", "in_channels = 3") + PGD,
+         "model 'm' fails on the sweep's data"),
+        (RANDOM_CNN.replace("num_classes = 10", "num_classes = 4") + PGD,
+         "expected (1, classes) logits for the data's 10 classes"),
+        (PGD, "needs at least one [[models]] entry"),
+        (CNN.format(name="m") + PGD + '[run]\nshare = "sometimes"\n', "share must be one of"),
+    ],
+)  # fmt: skip
+def test_bad_sweep_files_fail_before_any_work(tmp_path, cnn, body, message, capsys):
+    path = write_sweep(tmp_path, body, cnn)
+    with pytest.raises(ValueError, match=None) as caught:
+        engine.run(sweep.load(path), progress=False)
+    assert message in str(caught.value)
+    assert not (tmp_path / "results.db").exists()  # nothing started
+    assert cli.main(["sweep", "run", str(path), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_or_foreign_store_and_data(tmp_path, cnn):
+    with pytest.raises(sweep.SweepError, match="does not exist"):
+        sweep.load(tmp_path / "nope.toml")
+    path = write_sweep(tmp_path, CNN.format(name="m") + PGD + '[store]\npath = "x.db"\n', cnn)
+    (tmp_path / "x.db").write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(ValueError, match="not a usable SQLite results store"):
+        engine.run(sweep.load(path), progress=False)
+    with sqlite3.connect(tmp_path / "y.db") as con:
+        con.execute("CREATE TABLE t (a)")
+    with pytest.raises(ValueError, match="not a robustkern results store"):
+        sweep.Store(tmp_path / "y.db")
+    path.write_text('[data]\npath = "gone.npz"\n' + CNN.format(name="m") + PGD)
+    with pytest.raises(sweep.SweepError, match=r"not an existing \.npz file"):
+        sweep.load(path)
+
+
+@pytest.mark.parametrize("share", ["cascade", "batch", "none"])
+def test_eps_sharing_matches_separate_runs(tmp_path, cnn, share):
+    """Deterministic PGD (no random start): each sharing mode gives the outcome of one run per
+    eps, with an example fooled at a smaller eps counted fooled at the larger ones."""
+    body = CNN.format(name="cnn") + PGD.replace("steps = 5", "steps = 5\nrandom_start = false")
+    path = write_sweep(tmp_path, body + f'[run]\nshare = "{share}"\nbatch_size = 64\n', cnn)
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    with sweep.Store(tmp_path / "results.db") as db:
+        cells = db.cells()
+        got = {c["eps"]: [o["robust_correct"] for o in db.outcomes(c["id"])] for c in cells}
+    assert {c["share"] for c in cells} == {share}
+    x, y = engine.load_data(sweep.load(path))
+    fooled_before = torch.zeros(len(x), dtype=torch.bool)
+    for eps in (0.05, 0.1, 0.2):
+        alone = evaluate(cnn, (x, y), "pgd", eps=eps, steps=5, random_start=False,
+                         batch_size=64, progress=False)  # fmt: skip
+        fooled_before |= alone.clean_correct & ~alone.robust_correct
+        expected = alone.clean_correct & ~fooled_before
+        differ = (torch.tensor(got[eps], dtype=torch.bool) != expected).sum()
+        assert differ <= 2, (eps, int(differ))  # float differences between batch shapes
+    robust = [sum(got[e]) for e in (0.05, 0.1, 0.2)]
+    assert robust[0] > robust[1] > robust[2]
+
+
+def test_min_norm_curve_agrees_with_fixed_eps_attacks(tmp_path, cnn):
+    body = (
+        CNN.format(name="cnn")
+        + """
+[[attacks]]
+name = "apgd"
+norm = "linf"
+eps = [0.05, 0.1, 0.15]
+steps = 20
+[[attacks]]
+name = "min-norm"
+norm = "linf"
+eps = [0.05, 0.1, 0.15]
+steps = 100
+"""
+    )
+    path = write_sweep(tmp_path, body, cnn)
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    with sweep.Store(tmp_path / "results.db") as db:
+        cells = db.cells()
+        outcomes = {c["attack"] + str(c["eps"]): db.outcomes(c["id"]) for c in cells}
+    acc = {(c["attack"], c["eps"]): c["robust_accuracy"] for c in cells}
+    for eps in (0.05, 0.1, 0.15):
+        assert abs(acc["min-norm", eps] - acc["apgd", eps]) <= 0.03, (eps, acc)
+    assert 0.1 < acc["apgd", 0.1] < 0.95  # a point where the curve has something to show
+    # one min-norm run: every eps cell reads the same distances; robust exactly when d > eps
+    for o in outcomes["min-norm0.1"]:
+        assert o["distance"] is not None
+        assert o["robust_correct"] == int(o["clean_correct"] == 1 and o["distance"] > 0.1)
+    report = sweep.write_report(path)
+    assert "Minimum-norm curve against fixed-eps attacks" in report
+
+
+def test_store_schema_is_documented_and_queryable(tmp_path, cnn):
+    path = write_sweep(tmp_path, CNN.format(name="cnn") + PGD + '[[attacks]]\nname = "none"\n',
+                       cnn)  # fmt: skip
+    summary = engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    assert summary.computed == 4 and summary.skipped == 0
+    con = sqlite3.connect(tmp_path / "results.db")
+    assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    for table, columns in (("cells", ("id", *store.CELL_COLUMNS)),
+                           ("outcomes", ("cell_id", *store.OUTCOME_COLUMNS))):  # fmt: skip
+        names = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+        assert names == list(columns)
+        assert all(f"{c} " in store.__doc__ or f"{c}," in store.__doc__ for c in names), names
+    rows = con.execute("SELECT attack, eps, robust_accuracy, config, config_hash, code_version, "
+                       "device, seconds FROM cells ORDER BY attack, eps").fetchall()  # fmt: skip
+    assert [r[:2] for r in rows] == [("none", 0.0), ("pgd", 0.05), ("pgd", 0.1), ("pgd", 0.2)]
+    for _, eps, _, config, digest, version, device, seconds in rows:
+        config = json.loads(config)
+        assert hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest() == digest
+        assert config["attack"]["eps"] == eps and config["model"]["sha256"]
+        assert version.startswith("0.") and device and seconds > 0
+    assert con.execute("SELECT count(*) FROM summary").fetchone() == (4,)
+    # the clean accuracy is the same in every cell, and a join answers per-example questions
+    assert len({r[0] for r in con.execute("SELECT clean_correct FROM cells")}) == 1
+    broken = con.execute(
+        "SELECT count(*) FROM outcomes o JOIN cells c ON o.cell_id = c.id "
+        "WHERE c.attack = 'pgd' AND c.eps = 0.2 AND o.clean_correct = 1 AND o.robust_correct = 0"
+    ).fetchone()[0]
+    assert broken > 0
+    con.close()
+
+
+def test_cells_are_recorded_whole_or_not_at_all(tmp_path, cnn):
+    """A write that fails part-way (here: a duplicate outcome in the second cell) leaves no
+    trace of any cell of the transaction."""
+    path = write_sweep(tmp_path, CNN.format(name="cnn") + PGD, cnn)
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    with sweep.Store(tmp_path / "results.db") as db:
+        entries = []
+        for c in db.cells():
+            row = {k: v for k, v in c.items() if k != "id"}
+            outcomes = [tuple(o.values()) for o in db.outcomes(c["id"])]
+            entries.append((row, outcomes))
+    entries[1][1].append(entries[1][1][0])  # the same example twice
+    with sweep.Store(tmp_path / "fresh.db") as fresh:
+        with pytest.raises(sqlite3.IntegrityError):
+            fresh.record(entries)
+        assert fresh.cells() == []
+        assert fresh.record(entries[:1]) == 1 and fresh.record(entries[:1]) == 0
+        assert len(fresh.outcomes(fresh.cells()[0]["id"])) == 200
+
+
+def test_changed_eps_list_or_weights_run_only_the_new_cells(tmp_path, cnn):
+    path = write_sweep(tmp_path, CNN.format(name="cnn") + PGD, cnn)
+    quiet = {"progress": False, "log": lambda _: None}
+    assert engine.run(sweep.load(path), **quiet).computed == 3
+    path.write_text(path.read_text().replace("0.2]", "0.2, 0.3]"))
+    summary = engine.run(sweep.load(path), **quiet)
+    assert (summary.computed, summary.skipped) == (1, 3)
+    state = {k: v + 0.01 for k, v in cnn.state_dict().items()}
+    torch.save(state, tmp_path / "cnn.pt")  # other weights: other cells
+    summary = engine.run(sweep.load(path), **quiet)
+    assert (summary.computed, summary.skipped) == (4, 0)
+
+
+def test_model_files_and_npz_data(tmp_path, cnn, digits_model):
+    import numpy as np
+
+    _, xt, yt = digits_model
+    np.savez(tmp_path / "d.npz", x=xt.numpy(), y=yt.numpy(), x_test=xt.numpy(), y_test=yt.numpy())
+    torch.jit.script(cnn).save(tmp_path / "cnn.ts")
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(cnn, (xt[:4],), dynamic_shapes={"input": {0: batch}})
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    body = '[data]\npath = "d.npz"\nlimit = 120\n' + "".join(
+        f'[[models]]\nname = "{n}"\nfile = "cnn.{n}"\n' for n in ("ts", "pt2")
+    ) + PGD  # fmt: skip
+    (tmp_path / "sweep.toml").write_text(body)
+    engine.run(sweep.load(tmp_path / "sweep.toml"), progress=False, log=lambda _: None)
+    with sweep.Store(tmp_path / "results.db") as db:
+        acc = {(c["model"], c["eps"]): c["robust_accuracy"] for c in db.cells()}
+    alone = evaluate(cnn, (xt[:120], yt[:120]), "none", progress=False).clean_accuracy
+    with sweep.Store(tmp_path / "results.db") as db:
+        assert {c["clean_accuracy"] for c in db.cells()} == {alone}
+    assert len(acc) == 6
+
+
+def test_report_tables_and_plot(tmp_path, cnn, capsys):
+    path = write_sweep(tmp_path, CNN.format(name="cnn") + PGD, cnn)
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    assert cli.main(["sweep", "report", str(path), "--out", str(tmp_path / "r")]) == 0
+    text = capsys.readouterr().out
+    assert "| cnn | pgd | linf | 0.1 (= 25.5/255) | 200 |" in text
+    with open(tmp_path / "r" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["eps"] for r in rows] == ["0.05 (= 12.75/255)", "0.1 (= 25.5/255)", "0.2 (= 51/255)"]
+    assert float(rows[0]["robust %"]) > float(rows[2]["robust %"])
+    png = (tmp_path / "r" / "robust_accuracy.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert cli.main(["sweep", "report", str(tmp_path / "results.db"), "--csv"]) == 0
+    assert capsys.readouterr().out.count("\n") == 4
+    assert cli.main(["sweep", "report", str(tmp_path / "other.db")]) == 2
+    assert "does not exist" in capsys.readouterr().err
