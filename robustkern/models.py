@@ -184,8 +184,8 @@ class ExportedModel(nn.Module):
 
 def load_model_file(path: str | Path) -> nn.Module:
     """A whole model from a file: a ``torch.export`` program (``.pt2``, exported with a dynamic
-    batch dimension) or a TorchScript archive (anything else). Neither format runs pickled
-    Python code on load."""
+    batch dimension) or a TorchScript archive (anything else). Both carry the model's code:
+    load files from sources you trust."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")

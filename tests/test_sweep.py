@@ -367,3 +367,27 @@ def test_report_tables_and_plot(tmp_path, cnn, capsys):
     assert capsys.readouterr().out.count("\n") == 4
     assert cli.main(["sweep", "report", str(tmp_path / "other.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cascade_presets_take_one_eps_per_sample(tmp_path, cnn):
+    """share = "batch" hands the "fast" preset (APGD-CE, APGD-T) one eps per row."""
+    body = (
+        CNN.format(name="cnn")
+        + """
+[[attacks]]
+name = "fast"
+norm = "linf"
+eps = [0.02, 0.2]
+steps = 5
+[run]
+share = "batch"
+"""
+    )
+    path = write_sweep(tmp_path, body, cnn, limit=40)
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    with sweep.Store(tmp_path / "results.db") as db:
+        acc = {c["eps"]: c["robust_accuracy"] for c in db.cells()}
+    x, y = engine.load_data(sweep.load(path))
+    small = evaluate(cnn, (x, y), "fast", eps=0.02, steps=5, progress=False).robust_accuracy
+    assert acc[0.2] < 0.2 < acc[0.02]  # each row attacked at its own eps
+    assert abs(acc[0.02] - small) <= 0.05
