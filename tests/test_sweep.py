@@ -323,6 +323,11 @@ def test_changed_eps_list_or_weights_run_only_the_new_cells(tmp_path, cnn):
     path.write_text(path.read_text().replace("0.2]", "0.2, 0.3]"))
     summary = engine.run(sweep.load(path), **quiet)
     assert (summary.computed, summary.skipped) == (1, 3)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in ("sweep.toml", "cnn.pt", "results.db"):  # a copied sweep folder keeps its cells
+        (moved / f).write_bytes((tmp_path / f).read_bytes())
+    assert engine.run(sweep.load(moved / "sweep.toml"), **quiet).skipped == 4
     state = {k: v + 0.01 for k, v in cnn.state_dict().items()}
     torch.save(state, tmp_path / "cnn.pt")  # other weights: other cells
     summary = engine.run(sweep.load(path), **quiet)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -149,10 +150,17 @@ def load(path: str | Path) -> Sweep:
 def cell_config(
     sweep: Sweep, model: ModelSpec, attack: AttackSpec, eps: float, fingerprints: dict[str, str]
 ) -> dict:
-    """Everything that defines one cell's measurement; its hash identifies the cell.
-    ``fingerprints``: content hashes of the data ("data") and of each model's file (by name)."""
-    data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(sweep.data).items()}
-    spec = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(model).items()}
+    """Everything that defines one cell's measurement; its hash identifies the cell. Files
+    appear relative to the sweep file (a moved or copied sweep folder keeps its cells) and by
+    content: ``fingerprints`` holds hashes of the data ("data") and of each model's parameters
+    (by model name)."""
+    base = sweep.path.resolve().parent
+
+    def plain(spec) -> dict:
+        return {k: Path(os.path.relpath(v, base)).as_posix() if isinstance(v, Path) else v
+                for k, v in asdict(spec).items()}  # fmt: skip
+
+    data, spec = plain(sweep.data), plain(model)
     return {
         "data": {**data, "sha256": fingerprints["data"]},
         "model": {**spec, "sha256": fingerprints[model.name]},
