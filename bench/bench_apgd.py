@@ -1,16 +1,14 @@
-"""APGD-CE, 100 iterations, against torchattacks' APGD (same budget, same start) and the floor
-(100 x the model's forward + input-backward on the correctly classified points, which both
-attack): time, image-iterations/s and robust accuracy, with and without early stopping."""
-
-import importlib.util
+"""APGD-CE, 100 iterations, against torchattacks' and ART's APGD (same budget) and the floor (100 x
+the model's forward + input-backward on the correctly classified points, which both attack, at
+the points APGD returns): time, image-iterations/s and robust accuracy, with and without early
+stopping."""
 
 import torch
 
-from bench.timing import interleaved_medians
+from bench.baselines import HAS_ART, HAS_TA, art_classifier
+from bench.timing import floor_fn, interleaved_medians
 from robustkern.attacks import apgd
-from robustkern.attacks._common import input_grad
 
-HAS_TA = importlib.util.find_spec("torchattacks") is not None
 EPS, STEPS, N = 0.1, 100, 256
 
 
@@ -29,10 +27,10 @@ def test_apgd_ce_small_cnn_cpu(report, mnist_cnn):
 
     with torch.no_grad():
         correct = model(x).argmax(1) == y
-    xc, yc, labels = x[correct], y[correct], (0, int(y.max()))
-    floor = f"floor: {STEPS} x (forward + input-backward)"
+    points = apgd(model, x, y, eps=EPS, steps=STEPS)[correct]
+    floor = f"floor: {STEPS} x (forward + input-backward) on APGD's output points"
     fns = {
-        floor: lambda: [input_grad(model, xc, yc, "ce", False, labels) for _ in range(STEPS)],
+        floor: floor_fn(model, points, y[correct], STEPS),
         "robustkern apgd": ours(False),
         "robustkern apgd, early stop": ours(True),
     }
@@ -41,12 +39,25 @@ def test_apgd_ce_small_cnn_cpu(report, mnist_cnn):
 
         ta = torchattacks.APGD(model, norm="Linf", eps=EPS, steps=STEPS, n_restarts=1, seed=0)
         fns["torchattacks APGD"] = lambda: outputs.__setitem__("ta", ta(x, y))
+    if HAS_ART:
+        import numpy as np
+        from art.attacks.evasion import AutoProjectedGradientDescent
+
+        art = AutoProjectedGradientDescent(
+            art_classifier(model, x), norm=np.inf, eps=EPS, eps_step=2 * EPS, max_iter=STEPS,
+            nb_random_init=1, batch_size=N, loss_type="cross_entropy", verbose=False,
+        )  # fmt: skip
+        xn, yn = x.numpy(), y.numpy()
+        fns["ART AutoProjectedGradientDescent"] = lambda: outputs.__setitem__(
+            "art", torch.from_numpy(art.generate(xn, yn))
+        )
     times = interleaved_medians(fns, rounds=3)
     keys = {
         floor: None,
         "robustkern apgd": False,
         "robustkern apgd, early stop": True,
         "torchattacks APGD": "ta",
+        "ART AutoProjectedGradientDescent": "art",
     }
     title = (
         f"APGD-CE (L-inf, eps {EPS:g}, {STEPS} iterations, 1 restart), small CNN, {N} mnist-5k "

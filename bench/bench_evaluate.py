@@ -2,15 +2,14 @@
 AutoAttack (standard version) and its single attacks with the same budgets: robust accuracy
 (lower is stronger; the target is at most 0.5 pp above the strongest of theirs) and time."""
 
-import importlib.util
 import time
 
 import pytest
 import torch
 
 import robustkern
+from bench.baselines import HAS_TA
 
-HAS_TA = importlib.util.find_spec("torchattacks") is not None
 N, EPS = 256, 0.1
 
 

@@ -1,32 +1,29 @@
-"""PGD-10 throughput against torchattacks, Foolbox and the floor (10 x the model's own forward
-+ input-backward), and evaluate() with early stopping against torchattacks' PGD."""
-
-import importlib.util
+"""PGD-10 throughput against torchattacks, Foolbox, ART and the floor (10 x the model's own
+forward + input-backward), and evaluate() with early stopping against torchattacks' and ART's
+PGD. ART works on numpy arrays: its rows include the copies its API makes."""
 
 import pytest
 import torch
 
 import robustkern
-from bench.timing import interleaved_medians, sync
+from bench.baselines import HAS_ART, HAS_FB, HAS_TA, art_classifier
+from bench.timing import floor_fn, interleaved_medians
 from robustkern import models
 from robustkern.attacks import pgd
-from robustkern.attacks._common import input_grad
 
-HAS_TA = importlib.util.find_spec("torchattacks") is not None
-HAS_FB = importlib.util.find_spec("foolbox") is not None
 EPS, STEPS = 0.3, 10
 ALPHA = 2.5 * EPS / STEPS
+FLOOR = "floor: 10 x (forward + input-backward) on PGD's output points"
+FLOOR_CLEAN = "10 x (forward + input-backward) on clean x (not the floor: see floor_fn)"
 
 
 def throughput_rows(report, title, model, x, y, eps, alpha):
     """Times each PGD-10 implementation on one batch (interleaved rounds, medians); rows
     relative to the floor and to ours."""
     n = len(x)
-    labels = (0, int(y.max()))
     fns = {
-        "floor: 10 x (forward + input-backward)": lambda: [
-            input_grad(model, x, y, "ce", False, labels) for _ in range(STEPS)
-        ],
+        FLOOR_CLEAN: floor_fn(model, x, y, STEPS),
+        FLOOR: floor_fn(model, pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha), y, STEPS),
         "robustkern pgd": lambda: pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha),
     }
     if HAS_TA:
@@ -40,8 +37,12 @@ def throughput_rows(report, title, model, x, y, eps, alpha):
         fmodel = foolbox.PyTorchModel(model, bounds=(0, 1))
         fb = foolbox.attacks.LinfPGD(steps=STEPS, abs_stepsize=alpha, random_start=True)
         fns["Foolbox LinfPGD"] = lambda: fb(fmodel, x, y, epsilons=eps)
+    if HAS_ART:
+        art = art_pgd(model, x, eps, alpha, batch_size=n)
+        xn, yn = x.cpu().numpy(), y.cpu().numpy()
+        fns["ART ProjectedGradientDescentPyTorch"] = lambda: art.generate(xn, yn)
     times = interleaved_medians(fns)
-    floor = times["floor: 10 x (forward + input-backward)"]
+    floor = times[FLOOR]
     ours = times["robustkern pgd"]
     report.table(
         title, ["implementation", "ms", "image-steps/s", "time / floor", "robustkern speed-up"]
@@ -59,42 +60,65 @@ def throughput_rows(report, title, model, x, y, eps, alpha):
         )
 
 
+def art_pgd(model, x, eps, alpha, batch_size):
+    """ART's PyTorch PGD with the same budget, step and one random start."""
+    import numpy as np
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    return ProjectedGradientDescentPyTorch(
+        art_classifier(model, x), norm=np.inf, eps=eps, eps_step=alpha, max_iter=STEPS,
+        num_random_init=1, batch_size=batch_size, verbose=False,
+    )  # fmt: skip
+
+
 def test_pgd10_small_cnn_cpu(report, mnist_cnn):
     model, xt, yt = mnist_cnn
     title = "PGD-10 (L-inf, eps 0.3), small CNN, batch 256 of 1x28x28, CPU float32"
     throughput_rows(report, title, model, xt[:256], yt[:256], EPS, ALPHA)
 
 
-def test_evaluate_early_stop_vs_torchattacks(report, mnist_cnn):
+def test_evaluate_early_stop_vs_others(report, mnist_cnn):
     """Time to robust accuracy on 1,000 images, eps 0.1, 10 steps, same step size."""
     model, xt, yt = mnist_cnn
     eps, alpha = 0.1, 2.5 * 0.1 / STEPS
-    title = "Robust accuracy on 1,000 mnist-5k test images (L-inf eps 0.1, PGD-10, batch 250)"
-    report.table(title, ["implementation", "seconds", "robust accuracy", "robustkern speed-up"])
-    rows = []
-    torch.manual_seed(0)
-    res = robustkern.evaluate(
-        model, (xt, yt), "pgd", eps=eps, alpha=alpha, steps=STEPS, batch_size=250, progress=False
-    )
-    rows.append(("robustkern.evaluate (early stop)", res.seconds, res.robust_accuracy))
-    if HAS_TA:
-        import time
+    accuracy = {}
 
+    def ours():
+        res = robustkern.evaluate(model, (xt, yt), "pgd", eps=eps, alpha=alpha, steps=STEPS,
+                                  batch_size=250, progress=False)  # fmt: skip
+        accuracy["robustkern.evaluate (early stop)"] = res.robust_accuracy
+
+    def theirs(name, attack):
+        """attack(xb, yb) -> x_adv per batch of 250, then one forward to score it."""
+
+        def run():
+            correct = 0
+            for xb, yb in zip(xt.split(250), yt.split(250), strict=True):
+                x_adv = attack(xb, yb)  # torchattacks needs grad mode on
+                with torch.no_grad():
+                    correct += (model(x_adv).argmax(1) == yb).sum().item()
+            accuracy[name] = correct / len(xt)
+
+        return run
+
+    fns = {"robustkern.evaluate (early stop)": ours}
+    if HAS_TA:
         import torchattacks
 
-        torch.manual_seed(0)
         ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
-        start, correct = time.perf_counter(), 0
-        for xb, yb in zip(xt.split(250), yt.split(250), strict=True):
-            x_adv = ta(xb, yb)  # torchattacks needs grad mode on
-            with torch.no_grad():
-                correct += (model(x_adv).argmax(1) == yb).sum().item()
-        sync()
-        rows.append(("torchattacks PGD", time.perf_counter() - start, correct / len(xt)))
-    for name, seconds, acc in rows:
-        report.row(
-            title, [name, f"{seconds:.2f}", f"{100 * acc:.2f} %", f"{seconds / rows[0][1]:.2f}x"]
+        fns["torchattacks PGD"] = theirs("torchattacks PGD", ta)
+    if HAS_ART:
+        art = art_pgd(model, xt, eps, alpha, batch_size=250)
+        fns["ART PGD"] = theirs(
+            "ART PGD", lambda xb, yb: torch.from_numpy(art.generate(xb.numpy(), yb.numpy()))
         )
+    times = interleaved_medians(fns, rounds=3)
+    title = "Robust accuracy on 1,000 mnist-5k test images (L-inf eps 0.1, PGD-10, batch 250)"
+    report.table(title, ["implementation", "seconds", "robust accuracy", "robustkern speed-up"])
+    base = times["robustkern.evaluate (early stop)"]
+    for name, seconds in times.items():
+        cells = [name, f"{seconds:.2f}", f"{100 * accuracy[name]:.2f} %", f"{seconds / base:.2f}x"]
+        report.row(title, cells)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -2,15 +2,13 @@
 on the small CNN and mnist-5k: time, model queries actually made (sample-forwards), queries/s
 and robust accuracy (lower is a stronger attack)."""
 
-import importlib.util
-
 import pytest
 import torch
 
+from bench.baselines import HAS_TA
 from bench.timing import interleaved_medians
 from robustkern.attacks import square
 
-HAS_TA = importlib.util.find_spec("torchattacks") is not None
 N, QUERIES = 256, 1000
 
 

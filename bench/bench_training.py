@@ -1,20 +1,21 @@
 """One adversarial-training epoch on CPU: robustkern's trainer and drop-in loss against the same
-loop written with torchattacks' PGD, the floor (the model's own passes, no attack arithmetic),
-and FGSM-RS against PGD-10-AT (Wong et al.'s cost claim). Layout and precision are named in
-each row: the trainer's channels_last option is compared with torchattacks on channels_last
-too, so the table shows what comes from the layout and what from the attack code."""
+loop written with torchattacks' PGD, ART's PGD adversarial trainer, the floor (the model's own
+passes on PGD points, no attack arithmetic), and FGSM-RS against PGD-10-AT (Wong et al.'s
+cost claim). Layout and precision are named in each row: the trainer's channels_last option is
+compared with torchattacks on channels_last too, so the table shows what comes from the layout
+and what from the attack code."""
 
 import copy
-import importlib.util
 
 import torch
 import torch.nn.functional as F
 
+from bench.baselines import HAS_ART, HAS_TA, art_classifier
 from bench.timing import interleaved_medians
 from robustkern import data, models
+from robustkern.attacks import pgd
 from robustkern.training import adversarial_loss, fit
 
-HAS_TA = importlib.util.find_spec("torchattacks") is not None
 EPS, STEPS, N, BATCH = 0.3, 10, 1024, 128
 
 
@@ -26,12 +27,12 @@ def test_pgd_at_epoch_cpu(report):
     batches = list(zip(x.split(BATCH), y.split(BATCH), strict=True))
     alpha = 2.5 * EPS / STEPS
 
-    def loop(make_loss, channels_last=False):
+    def loop(make_loss, channels_last=False, inputs=batches):
         """An epoch of the plain training loop; make_loss(model) -> loss(model, x, y)."""
         model = copy.deepcopy(initial)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model.to(memory_format=fmt)
-        data_ = [(xb.contiguous(memory_format=fmt), yb) for xb, yb in batches]
+        data_ = [(xb.contiguous(memory_format=fmt), yb) for xb, yb in inputs]
         step_loss = make_loss(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -52,14 +53,16 @@ def test_pgd_at_epoch_cpu(report):
                            progress=False, **kwargs)  # fmt: skip
 
     def floor(model, xb, yb):
-        """STEPS x (forward + input-backward), then the training forward: no attack arithmetic."""
+        """STEPS x (forward + input-backward), then the training forward: no attack arithmetic.
+        It runs on PGD points of the initial model (see bench.timing.floor_fn for why)."""
         xg = xb.clone().requires_grad_(True)
         for _ in range(STEPS):
             (g,) = torch.autograd.grad(F.cross_entropy(model(xg), yb), xg)
         return F.cross_entropy(model(xb + 0 * g), yb)
 
+    attacked = [(pgd(initial.eval(), xb, yb, eps=EPS, steps=STEPS), yb) for xb, yb in batches]
     fns = {
-        "floor: the model's passes only": loop(lambda m: floor),
+        "floor: the model's passes only": loop(lambda m: floor, inputs=attacked),
         "robustkern fit (pgd)": trainer("pgd"),
         "robustkern fit (pgd), channels_last": trainer("pgd", channels_last=True),
         "robustkern fit (pgd), channels_last + bf16": trainer(
@@ -79,6 +82,18 @@ def test_pgd_at_epoch_cpu(report):
 
         fns["torchattacks PGD in a loop"] = loop(ta_loss)
         fns["torchattacks PGD in a loop, channels_last"] = loop(ta_loss, channels_last=True)
+    if HAS_ART:
+        from art.defences.trainer import AdversarialTrainerMadryPGD
+
+        model = copy.deepcopy(initial)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        art = AdversarialTrainerMadryPGD(
+            art_classifier(model, x, optimizer=opt), nb_epochs=1, batch_size=BATCH, eps=EPS,
+            eps_step=alpha, max_iter=STEPS, num_random_init=1,
+        )  # fmt: skip
+        fns["ART AdversarialTrainerMadryPGD (numpy in, numpy out)"] = lambda: art.fit(
+            x.numpy(), y.numpy()
+        )
     times = interleaved_medians(fns, rounds=3)
     title = (f"one PGD-{STEPS}-AT epoch (L-inf eps {EPS:g}), small CNN, {N} mnist-5k images, "
              f"batch {BATCH}, CPU, float32 unless a row says bf16")  # fmt: skip

@@ -19,10 +19,11 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict, rounds: int = 5) -> dict:
+def interleaved_medians(fns: dict, rounds: int = 5, warm_up: bool = True) -> dict:
     """Median seconds of each fn, timed in alternating rounds so that a noisy machine (other
-    tenants, clock changes) affects every implementation alike. One warm-up call each."""
-    for fn in fns.values():
+    tenants, clock changes) affects every implementation alike. One warm-up call each unless
+    ``warm_up`` is False (runs of many seconds, where one-time costs vanish)."""
+    for fn in fns.values() if warm_up else ():
         fn()
     samples = {name: [] for name in fns}
     for _ in range(rounds):
@@ -33,3 +34,14 @@ def interleaved_medians(fns: dict, rounds: int = 5) -> dict:
             sync()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def floor_fn(model, x: torch.Tensor, y: torch.Tensor, passes: int):
+    """A callable running ``passes`` x (forward + input-backward) of ``model`` on x: the floor an
+    attack's loop cannot beat. Time it on points the attack itself produced, not on clean x: on
+    the CPU a model's passes cost more on perturbed images (max-pooling and ReLU-backward time
+    depends on the values; about 10 % on the small CNN), which a clean-x floor would hide."""
+    from robustkern.attacks._common import input_grad
+
+    labels = (0, int(y.max()))
+    return lambda: [input_grad(model, x, y, "ce", False, labels) for _ in range(passes)]
