@@ -81,37 +81,41 @@ double safety_margin(at::ScalarType t, int64_t d) {
   return 16.0 * std::sqrt(static_cast<double>(d)) * eps;
 }
 
-// Gram iteration (Delattre et al. 2023) on the Hermitian G = A A^H = X + iY, kept as its real
-// symmetric part X and antisymmetric part Y, stacked as xy = (P, 2, d, d), so that G^H G = G^2
-// costs two real matmuls: Re(G^2) = (X+Y)(X-Y) + Q + Q^T, Im(G^2) = Q - Q^T, Q = XY.
+// Gram iteration (Delattre et al. 2023) on the Hermitian G = A A^H = X + iY with A = U + iV, kept
+// as its real symmetric part X and antisymmetric part Y. As X - Y = (X + Y)^T = S^T, G^H G = G^2
+// costs two real matmuls: Re(G^2) = S S^T + Q + Q^T, Im(G^2) = Q - Q^T, Q = XY.
 // Each iteration rescales by the Frobenius norm (tracked in log form, so nothing overflows); after
 // t iterations ||G_t||_F^(1/2^t) >= sigma_max. A lower bound comes from the Rayleigh quotient of
 // G's largest column. Matrices whose upper bound falls below their layer's lower bound cannot hold
 // the maximum and leave the batch (prune); the loop stops once every layer's largest upper bound
-// is within tol of its lower bound. Returns the per-matrix upper bounds.
-at::Tensor gram_bounds(at::Tensor u, at::Tensor v, at::Tensor xy, at::Tensor layer, int64_t layers,
+// is within tol of its lower bound. uv = [U, V] (P, d, 2c). Returns the per-matrix upper bounds.
+at::Tensor gram_bounds(at::Tensor uv, at::Tensor x, at::Tensor y, at::Tensor layer, int64_t layers,
                        int64_t max_iters, double tol, bool prune) {
-  const auto p = xy.size(0), d = xy.size(2);
-  auto opts = xy.options().dtype(at::kDouble);
+  const auto p = x.size(0), d = x.size(1), c = uv.size(2) / 2;
+  auto opts = x.options().dtype(at::kDouble);
   auto bound = at::empty({p}, opts);
-  auto index = at::arange(p, xy.options().dtype(at::kLong));
+  auto index = at::arange(p, x.options().dtype(at::kLong));
   auto log_scale = at::zeros({p}, opts);
+  auto s = at::empty_like(x), q = at::empty_like(x);  // S = X + Y, Q = XY
   for (int64_t t = 1;; ++t) {
-    auto col_sq = xy.square().sum({1, 2});  // (P, d): squared column norms of G
+    // (P, d): squared column norms of G
+    auto col_sq =
+        at::linalg_vector_norm(x, 2, {1}).square() + at::linalg_vector_norm(y, 2, {1}).square();
     auto fro = col_sq.sum(1).to(at::kDouble).sqrt();
     auto safe = at::where(fro > 0, fro, at::ones_like(fro));
     auto ub = at::where(fro > 0, ((log_scale + safe.log()) / std::ldexp(1.0, t)).exp(),
                         at::zeros_like(fro));
     bound.index_put_({index}, ub);
 
-    auto pick = col_sq.argmax(1).view({-1, 1, 1, 1}).expand({-1, 2, d, 1});
-    auto col = xy.gather(3, pick);  // v = a + ib, (P, 2, d, 1)
-    auto a = col.select(1, 0), b = col.select(1, 1);
-    auto ut = u.transpose(1, 2), vt = v.transpose(1, 2);
-    auto av_re = at::matmul(ut, a) + at::matmul(vt, b);  // A^H v
-    auto av_im = at::matmul(ut, b) - at::matmul(vt, a);
-    auto vnorm = (sq_norms(a) + sq_norms(b)).to(at::kDouble);
-    auto av = (sq_norms(av_re) + sq_norms(av_im)).to(at::kDouble);
+    auto pick = col_sq.argmax(1).view({-1, 1, 1}).expand({-1, d, 1});
+    auto col = at::cat({x.gather(2, pick), y.gather(2, pick)}, 2);  // v = a + ib, (P, d, 2)
+    auto m = at::matmul(uv.transpose(1, 2), col);  // [U^T a, U^T b; V^T a, V^T b], (P, 2c, 2)
+    auto mu = m.narrow(1, 0, c), mv = m.narrow(1, c, c);
+    // A^H v = (U^T a + V^T b) + i (U^T b - V^T a)
+    auto av = ((mu.select(2, 0) + mv.select(2, 1)).square().sum(1) +
+               (mu.select(2, 1) - mv.select(2, 0)).square().sum(1))
+                  .to(at::kDouble);
+    auto vnorm = col.square().sum({1, 2}).to(at::kDouble);
     auto lb = at::where(vnorm > 0, (av / vnorm).sqrt(), at::zeros_like(vnorm));
     auto lb_layer = at::zeros({layers}, opts).scatter_reduce(0, layer, lb, "amax");
     auto ub_layer = at::zeros({layers}, opts).scatter_reduce(0, layer, ub, "amax");
@@ -120,17 +124,22 @@ at::Tensor gram_bounds(at::Tensor u, at::Tensor v, at::Tensor xy, at::Tensor lay
     if (prune) {
       auto keep = (ub >= lb_layer.index_select(0, layer)).nonzero().squeeze(1);
       if (keep.size(0) < index.size(0)) {
-        u = u.index_select(0, keep), v = v.index_select(0, keep), xy = xy.index_select(0, keep);
+        uv = uv.index_select(0, keep), x = x.index_select(0, keep), y = y.index_select(0, keep);
         layer = layer.index_select(0, keep), index = index.index_select(0, keep);
         log_scale = log_scale.index_select(0, keep), safe = safe.index_select(0, keep);
       }
     }
-    xy.div_(safe.to(xy.scalar_type()).view({-1, 1, 1, 1}));
+    // In place and in reused buffers: fresh tensors of this size cost more in page faults
+    // than the arithmetic (measured on the CPU), and old X, Y are dead once S and Q exist.
+    if (s.size(0) != x.size(0)) s = at::empty_like(x), q = at::empty_like(x);
+    auto scale = safe.reciprocal().to(x.scalar_type()).view({-1, 1, 1});
+    x.mul_(scale), y.mul_(scale);
     log_scale = 2.0 * (log_scale + safe.log());
-    auto x = xy.select(1, 0), y = xy.select(1, 1);
-    auto q = at::matmul(x, y);
-    auto qt = q.transpose(1, 2);
-    xy = at::stack({at::baddbmm(q + qt, x + y, x - y), q - qt}, 1);
+    at::add_out(s, x, y);
+    at::bmm_out(q, x, y);
+    at::add_out(x, q, q.transpose(1, 2));
+    at::sub_out(y, q, q.transpose(1, 2));
+    x.baddbmm_(s, s.transpose(1, 2));
   }
   return bound;
 }
@@ -174,22 +183,21 @@ std::tuple<at::Tensor, at::Tensor> conv_singular_values(const at::Tensor& weight
                .reshape({-1, rows, cols});
   auto u = at::real(a), v = at::imag(a);
   if (rows > cols) u = u.transpose(1, 2), v = -v.transpose(1, 2);  // same singular values
-  u = u.contiguous(), v = v.contiguous();
-  const int64_t d = u.size(1);
+  auto uv = at::cat({u, v}, 2);                                    // (P, d, 2c)
+  const int64_t d = uv.size(1);
 
   at::Tensor bound;
   if (d == 1) {  // one row: its norm is exact
-    bound = (sq_norms(u) + sq_norms(v)).to(at::kDouble).sqrt();
+    bound = sq_norms(uv).to(at::kDouble).sqrt();
   } else {
-    auto uv = at::cat({u, v}, 2);
-    auto w = at::matmul(v, u.transpose(1, 2));
-    auto xy = at::stack({at::matmul(uv, uv.transpose(1, 2)), w - w.transpose(1, 2)}, 1);
+    // G = A A^H: X = U U^T + V V^T = [U, V] [U, V]^T, Y = V U^T - U V^T = [V, -U] [U, V]^T
+    auto x = at::matmul(uv, uv.transpose(1, 2));
+    auto y = at::matmul(at::cat({v, -u}, 2), uv.transpose(1, 2));
     if (method == "exact") {
-      auto g = at::complex(xy.select(1, 0), xy.select(1, 1));  // A A^H
-      bound = at::linalg_eigvalsh(g).select(1, d - 1).clamp_min(0).sqrt();
+      bound = at::linalg_eigvalsh(at::complex(x, y)).select(1, d - 1).clamp_min(0).sqrt();
     } else {
-      auto layer = at::arange(nb, u.options().dtype(at::kLong)).repeat_interleave(u.size(0) / nb);
-      bound = gram_bounds(u, v, xy, layer, nb, max_iters, tol, prune);
+      auto layer = at::arange(nb, uv.options().dtype(at::kLong)).repeat_interleave(uv.size(0) / nb);
+      bound = gram_bounds(uv, x, y, layer, nb, max_iters, tol, prune);
     }
   }
   if (method == "gram") bound = bound * (1.0 + safety_margin(acc, d));
