@@ -1,11 +1,11 @@
-"""Square attack against torchattacks' Square (AutoAttack's code) with the same query budget,
-on the small CNN and mnist-5k: time, model queries actually made (sample-forwards), queries/s
-and robust accuracy (lower is a stronger attack)."""
+"""Square attack against torchattacks' Square (AutoAttack's code) and ART's SquareAttack with the
+same query budget, on the small CNN and mnist-5k: time, model queries actually made
+(sample-forwards), queries/s and robust accuracy (lower is a stronger attack)."""
 
 import pytest
 import torch
 
-from bench.baselines import HAS_TA
+from bench.baselines import HAS_ART, HAS_TA, art_classifier
 from bench.timing import interleaved_medians
 from robustkern.attacks import square
 
@@ -51,6 +51,16 @@ def test_square_small_cnn_cpu(report, mnist_cnn, norm, eps):
             counted, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, n_queries=QUERIES, seed=0
         )
         fns["torchattacks Square"] = timed("torchattacks Square", lambda: ta(x, y))
+    if HAS_ART:
+        import numpy as np
+        from art.attacks.evasion import SquareAttack
+
+        art = SquareAttack(art_classifier(counted, x), norm={"linf": np.inf, "l2": 2}[norm],
+                           max_iter=QUERIES, eps=eps, batch_size=N, verbose=False)  # fmt: skip
+        xn, yn = x.numpy(), y.numpy()
+        fns["ART SquareAttack"] = timed(
+            "ART SquareAttack", lambda: torch.from_numpy(art.generate(xn, yn))
+        )
     times = interleaved_medians(fns, rounds=3)
     title = (
         f"Square ({norm}, eps {eps:g}, {QUERIES} queries, 1 restart), small CNN, {N} mnist-5k "

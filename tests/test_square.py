@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robustkern.attacks import apgd, square
-from robustkern.attacks.square import eta, p_schedule, window_side
+from robustkern.attacks.square import _Search, eta, p_schedule, window_side
 from tests.conftest import accuracy
 
 
@@ -36,6 +36,22 @@ def test_eta_is_a_unit_pattern_positive_on_top_negative_below():
         assert (e[: s // 2] > 0).all()
     e = eta(5)  # weight falls off from the centre of each half
     assert e[1, 2] > e[1, 1] > e[1, 0] > 0
+
+
+def test_l2_update_moves_mass_between_its_two_windows_only():
+    """The paper's L2 step gives window 1 a fresh pattern plus its old mass and takes window 2's,
+    at the norm that keeps ||delta|| = eps: away from the bounds no rescale is needed, so every
+    pixel outside the two windows keeps its value."""
+    g = torch.Generator().manual_seed(0)
+    x_nat = 0.4 + 0.2 * torch.rand(6, 1, 28, 28, generator=g)
+    search = _Search(None, "l2", 100, 0.8, False, (0.0, 1.0), g)
+    e = torch.full((6, 1, 1, 1), 0.5)
+    x = search._start(x_nat, e)
+    for side in (3, 5, 11):
+        x_new = search._propose_l2(x_nat, x, e, side)
+        changed = (x_new - x).abs().flatten(1) > 1e-6
+        assert (changed.sum(1) <= 2 * side * side).all()
+        assert torch.allclose((x_new - x_nat).flatten(1).norm(dim=1), e.flatten(), atol=1e-5)
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 0.8)])
@@ -84,12 +100,15 @@ def test_square_breaks_what_apgd_breaks_with_enough_queries(digits_model, norm, 
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None, reason="no torchattacks")
-def test_no_weaker_than_torchattacks_square(digits_model):
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 0.8)])
+def test_no_weaker_than_torchattacks_square(digits_model, norm, eps):
     import torchattacks
 
     model, x, y = digits_model
-    ours = square(model, x, y, eps=0.1, queries=500, generator=torch.Generator().manual_seed(0))
-    theirs = torchattacks.Square(model, eps=0.1, n_queries=500, seed=0)(x, y)
+    g = torch.Generator().manual_seed(0)
+    ours = square(model, x, y, eps=eps, norm=norm, queries=500, generator=g)
+    ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
+    theirs = torchattacks.Square(model, norm=ta_norm, eps=eps, n_queries=500, seed=0)(x, y)
     assert accuracy(model, ours, y) <= accuracy(model, theirs, y) + 0.005
 
 

@@ -218,20 +218,21 @@ class _Search:
         delta = x - x_nat
         mask1, top, left = self._window(n, h, w, side, x_nat.device)
         mask2 = self._window(n, h, w, side, x_nat.device)[0]
-        sq = lambda t: (t * t).sum(dim=(2, 3), keepdim=True)  # noqa: E731
+        sq = lambda t: (t * t).sum(dim=(2, 3), keepdim=True)  # noqa: E731 (per channel)
+        per_sample = lambda t: t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # noqa: E731
         in1 = delta * mask1
         norm1 = sq(in1).sqrt()
-        norm_image = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        norm_windows = sq(delta * (mask1 | mask2)).sqrt()
-        new = self._placed_eta(n, h, w, side, top, left, x_nat) * self._signs((n, c, 1, 1), x_nat)
-        new = new + in1 / (norm1 + 1e-12)
+        norm_image, norm_windows = per_sample(delta), per_sample(delta * (mask1 | mask2))
+        pattern = self._placed_eta(n, h, w, side, top, left, x_nat) * mask1
+        new = pattern * self._signs((n, c, 1, 1), x_nat) + in1 / (norm1 + 1e-12)
         budget = ((e * e - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = new / sq(new).sqrt().clamp_min(1e-12) * budget
         delta = torch.where(mask1, new, torch.where(mask2, torch.zeros_like(delta), delta))
         return self._on_sphere(x_nat, delta, e)
 
     def _placed_eta(self, n, h, w, side, top, left, like):
-        """(N, 1, H, W): each sample's eta pattern (randomly transposed) at its window."""
+        """(N, 1, H, W): each sample's eta pattern (randomly transposed) at its window; outside
+        the window the pattern's edge values repeat (mask them)."""
         pattern = eta(side, like.device).to(like.dtype)
         patterns = torch.stack([pattern, pattern.t()])
         pick = torch.randint(0, 2, (n,), device=like.device, generator=self.generator)
