@@ -223,23 +223,23 @@ class _Search:
         in1 = delta * mask1
         norm1 = sq(in1).sqrt()
         norm_image, norm_windows = per_sample(delta), per_sample(delta * (mask1 | mask2))
-        pattern = self._placed_eta(n, h, w, side, top, left, x_nat) * mask1
+        pattern = self._placed_eta(h, w, side, top, left, mask1, x_nat)
         new = pattern * self._signs((n, c, 1, 1), x_nat) + in1 / (norm1 + 1e-12)
         budget = ((e * e - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = new / sq(new).sqrt().clamp_min(1e-12) * budget
         delta = torch.where(mask1, new, torch.where(mask2, torch.zeros_like(delta), delta))
         return self._on_sphere(x_nat, delta, e)
 
-    def _placed_eta(self, n, h, w, side, top, left, like):
-        """(N, 1, H, W): each sample's eta pattern (randomly transposed) at its window; outside
-        the window the pattern's edge values repeat (mask them)."""
+    def _placed_eta(self, h, w, side, top, left, mask, like):
+        """(N, 1, H, W): each sample's eta pattern (randomly transposed) at its window, zero
+        outside it (``mask``, the window's mask from ``_window``)."""
         pattern = eta(side, like.device).to(like.dtype)
         patterns = torch.stack([pattern, pattern.t()])
-        pick = torch.randint(0, 2, (n,), device=like.device, generator=self.generator)
+        pick = torch.randint(0, 2, (len(top),), device=like.device, generator=self.generator)
         u = (torch.arange(h, device=like.device) - top[:, None]).clamp(0, side - 1)
         v = (torch.arange(w, device=like.device) - left[:, None]).clamp(0, side - 1)
         placed = patterns[pick[:, None, None], u[:, :, None], v[:, None, :]]
-        return placed[:, None]
+        return placed[:, None] * mask
 
     def _window(self, n, h, w, side, device):
         """A random (side x side) window per sample: (mask (N, 1, H, W), top (N,), left (N,))."""
