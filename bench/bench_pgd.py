@@ -77,10 +77,13 @@ def test_pgd10_small_cnn_cpu(report, mnist_cnn):
     throughput_rows(report, title, model, xt[:256], yt[:256], EPS, ALPHA)
 
 
-def test_evaluate_early_stop_vs_others(report, mnist_cnn):
-    """Time to robust accuracy on 1,000 images, eps 0.1, 10 steps, same step size."""
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_evaluate_early_stop_vs_others(report, mnist_cnn, eps):
+    """Time to robust accuracy on 1,000 images, 10 steps, same step size. The gain depends on
+    how soon examples fall: eps 0.3 is MNIST's standard budget (almost every example of this
+    non-robust model falls), eps 0.1 leaves ~40 % robust, which caps the gain near 2x."""
     model, xt, yt = mnist_cnn
-    eps, alpha = 0.1, 2.5 * 0.1 / STEPS
+    alpha = 2.5 * eps / STEPS
     accuracy = {}
 
     def ours():
@@ -113,7 +116,7 @@ def test_evaluate_early_stop_vs_others(report, mnist_cnn):
             "ART PGD", lambda xb, yb: torch.from_numpy(art.generate(xb.numpy(), yb.numpy()))
         )
     times = interleaved_medians(fns, rounds=3)
-    title = "Robust accuracy on 1,000 mnist-5k test images (L-inf eps 0.1, PGD-10, batch 250)"
+    title = f"Robust accuracy on 1,000 mnist-5k test images (L-inf eps {eps}, PGD-10, batch 250)"
     report.table(title, ["implementation", "seconds", "robust accuracy", "robustkern speed-up"])
     base = times["robustkern.evaluate (early stop)"]
     for name, seconds in times.items():

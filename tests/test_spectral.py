@@ -48,9 +48,11 @@ LAYERS = [
     (12, 2, 4, 5, 2, 2, 2),
     (6, 5, 3, 1, 2, 1, 1),  # 1x1, strided
 ]
+# Circular layers whose taps wrap around the torus (the kernel's extent reaches n)
+WRAPPING = [(4, 2, 3, 5, 2, 1, 1), (4, 2, 3, 3, 1, 2, 1)]
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=str)
+@pytest.mark.parametrize("layer", LAYERS + WRAPPING, ids=str)
 @pytest.mark.parametrize("method", ["exact", "gram"])
 def test_circular_norm_matches_the_dense_matrix(layer, method):
     n, c_in, c_out, k, s, d, g = layer
@@ -88,7 +90,7 @@ def test_conv_transpose_has_the_conv_norm(layer):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("layer", LAYERS, ids=str)
+@pytest.mark.parametrize("layer", LAYERS + WRAPPING, ids=str)
 def test_per_frequency_values_match_the_reference(layer, dtype):
     n, c_in, c_out, k, s, d, g = layer
     n = n - n % s
