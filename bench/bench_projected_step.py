@@ -4,7 +4,7 @@ torch.compile of the reference; and the fraction of measured copy bandwidth."""
 import pytest
 import torch
 
-from bench.timing import median_seconds
+from bench.timing import blocked_medians, median_seconds
 from robustkern import ops, reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,14 +40,13 @@ def test_step_ops(report, norm, alpha, eps):
     chain = torchattacks_linf_chain if norm == "linf" else torchattacks_l2_chain
     compiled = torch.compile(lambda a, b, c: ref(a, b, c, alpha=alpha, eps=eps))
     work = x_adv.clone()
-    times = {
-        "torchattacks eager chain": median_seconds(lambda: chain(x_adv, x, grad, alpha, eps)),
-        "eager reference": median_seconds(lambda: ref(x_adv, x, grad, alpha=alpha, eps=eps)),
-        "torch.compile(reference)": median_seconds(lambda: compiled(x_adv, x, grad)),
-        f"fused {norm}_step_ (in place)": median_seconds(
-            lambda: fused(work, x, grad, alpha=alpha, eps=eps)
-        ),
+    fns = {
+        "torchattacks eager chain": lambda: chain(x_adv, x, grad, alpha, eps),
+        "eager reference": lambda: ref(x_adv, x, grad, alpha=alpha, eps=eps),
+        "torch.compile(reference)": lambda: compiled(x_adv, x, grad),
+        f"fused {norm}_step_ (in place)": lambda: fused(work, x, grad, alpha=alpha, eps=eps),
     }
+    times = blocked_medians(fns)
     ours = times[f"fused {norm}_step_ (in place)"]
     report.table(TITLE, ["op", "path", "ms", "fused speed-up"])
     for path, t in times.items():

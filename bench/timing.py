@@ -36,6 +36,17 @@ def interleaved_medians(fns: dict, rounds: int = 5, warm_up: bool = True) -> dic
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def blocked_medians(fns: dict, repeats: int = 3, min_run_time: float = 0.5) -> dict:
+    """Median over ``repeats`` alternating blocks of each fn's median_seconds: for short calls,
+    where each path should be timed in its own steady state (back-to-back calls, the allocator
+    reusing its last buffers) yet machine drift should hit every path alike."""
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(median_seconds(fn, min_run_time))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def floor_fn(model, x: torch.Tensor, y: torch.Tensor, passes: int):
     """A callable running ``passes`` x (forward + input-backward) of ``model`` on x: the floor an
     attack's loop cannot beat. Time it on points the attack itself produced, not on clean x: on

@@ -1,6 +1,7 @@
 // The robustkern op library: schemas (TORCH_LIBRARY) and the tiny pybind11 module `_C`.
 // Kernels register per device in csrc/cpu/*.cpp and csrc/cuda/*.cu; device-generic ops (built
 // from ATen's FFT and GEMM) in csrc/*.cpp.
+#include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -39,6 +40,14 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "robustkern's compiled ops (registered as torch.ops.robustkern.*)";
   m.def("compiled_with_cuda", [] {
 #ifdef ROBUSTKERN_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  // at::parallel_for only uses torch's intra-op threads when this module was compiled with them.
+  m.def("intra_op_parallel", [] {
+#ifdef INTRA_OP_PARALLEL
     return true;
 #else
     return false;

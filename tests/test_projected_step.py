@@ -142,6 +142,17 @@ def test_result_does_not_depend_on_threads():
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
 
 
+@pytest.mark.skipif(
+    "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info(),
+    reason="torch's intra-op threads are not OpenMP here",
+)
+def test_cpu_kernels_run_on_torchs_threads():
+    """at::parallel_for is inline: an extension compiled without OpenMP runs it on one thread."""
+    from robustkern import _C
+
+    assert _C.intra_op_parallel()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", OPS)
 def test_opcheck(name, device):
