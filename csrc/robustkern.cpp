@@ -1,6 +1,6 @@
 // The robustkern op library: schemas (TORCH_LIBRARY) and the tiny pybind11 module `_C`.
 // Kernels register per device in csrc/cpu/*.cpp and csrc/cuda/*.cu; device-generic ops (built
-// from ATen's FFT and GEMM) in csrc/*.cpp.
+// from ATen's GEMM) in csrc/*.cpp.
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
