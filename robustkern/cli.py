@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,25 @@ from robustkern.attacks import NORMS
 from robustkern.data import eps_text
 
 DEFAULT_EPOCHS = 10
+
+
+def at_least(minimum: float, kind: type = int):
+    """An argparse type for a number >= ``minimum``: a bad value stops the command before it
+    loads data or trains a model, and a negative ``--limit`` cannot silently drop images."""
+
+    def parse(text: str):
+        value = kind(text)  # a ValueError becomes argparse's "invalid <kind> value"
+        if math.isnan(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = at_least(0)  # --limit, --indicators, --eps-warmup: 0 means all or none
+POSITIVE = at_least(1)  # steps, restarts, batch sizes, epochs
+RADIUS = at_least(0.0, float)  # eps and step sizes (inf passes: the attacks decide on it)
 
 
 def model_from_spec(
@@ -448,15 +468,15 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="module:factory of a fresh model (default: the small CNN)")
     p.add_argument("--model-kwargs", help="JSON keyword arguments for the factory")
     p.add_argument("--norm", choices=NORMS, default="linf")
-    p.add_argument("--steps", type=int, default=10, help="attack steps per training batch")
-    p.add_argument("--alpha", type=float, default=None, help="attack step (method's default)")
+    p.add_argument("--steps", type=POSITIVE, default=10, help="attack steps per training batch")
+    p.add_argument("--alpha", type=RADIUS, default=None, help="attack step (method's default)")
     p.add_argument("--beta", type=float, default=6.0, help="TRADES weight of the KL term")
     p.add_argument(
-        "--eps-warmup", type=int, default=0, metavar="EPOCHS",
+        "--eps-warmup", type=COUNT, default=0, metavar="EPOCHS",
         help="ramp the training eps up from 0 over this many epochs",
     )  # fmt: skip
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=POSITIVE, default=10)
+    p.add_argument("--batch-size", type=POSITIVE, default=128)
     p.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam")
     p.add_argument("--lr", type=float, default=None, help="0.1 for SGD, 1e-3 otherwise")
     p.add_argument("--lr-schedule", choices=training.LR_SCHEDULES, default="constant")
@@ -466,10 +486,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None)
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--patience", type=int, default=None, help="early stopping (epochs)")
+    p.add_argument("--patience", type=POSITIVE, default=None, help="early stopping (epochs)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="training data held out")
-    p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the test attack")
-    p.add_argument("--limit", type=int, default=0, help="test on the first N images (0: all)")
+    p.add_argument("--eval-steps", type=POSITIVE, default=20, help="PGD steps of the test attack")
+    p.add_argument("--limit", type=COUNT, default=0, help="test on the first N images (0: all)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -488,7 +508,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="allow weights files that need pickle (can run arbitrary code)",
     )
     p.add_argument(
-        "--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs to train the default model"
+        "--epochs", type=POSITIVE, default=DEFAULT_EPOCHS, help="epochs to train the default model"
     )
 
 
@@ -503,13 +523,13 @@ def add_suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow weights that need pickle")
     p.add_argument("--norm", choices=NORMS, default="linf", help="the main threat model's norm")
     p.add_argument(
-        "--eps", type=float, default=None, help="main radius (default: the literature's)"
+        "--eps", type=RADIUS, default=None, help="main radius (default: the literature's)"
     )
     p.add_argument("--checks", help=f"comma-separated subset of: {', '.join(suite.CHECK_NAMES)}")
     p.add_argument("--tradeoff", help="a robustkern tradeoff --out directory to plot along")
     p.add_argument("--layer", help="module name for the unit analysis (default: penultimate)")
     p.add_argument("--quick", action="store_true", help="small budgets: a smoke run")
-    p.add_argument("--limit", type=int, default=0, help="use the first N test images (0: all)")
+    p.add_argument("--limit", type=COUNT, default=0, help="use the first N test images (0: all)")
     p.add_argument("--fresh", action="store_true", help="rerun every check (no resume)")
     p.add_argument("--out", default="report", help="directory for index.html, report.json")
 
@@ -530,13 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
     p.add_argument("--norm", choices=NORMS, default="linf")
-    p.add_argument("--eps", type=float, default=0.3, help="radius in input units (0..1)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=None, help="step size (2.5*eps/steps)")
-    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--eps", type=RADIUS, default=0.3, help="radius in input units (0..1)")
+    p.add_argument("--steps", type=POSITIVE, default=10)
+    p.add_argument("--alpha", type=RADIUS, default=None, help="step size (2.5*eps/steps)")
+    p.add_argument("--restarts", type=POSITIVE, default=1)
     p.add_argument("--loss", choices=("ce", "margin"), default="ce")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
+    p.add_argument("--limit", type=COUNT, default=0, help="evaluate only the first N test images")
     p.set_defaults(func=cmd_attack)
     p = sub.add_parser(
         "evaluate",
@@ -544,16 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument("--norm", choices=NORMS, default="linf")
-    p.add_argument("--eps", type=float, default=0.3, help="radius in input units (0..1)")
+    p.add_argument("--eps", type=RADIUS, default=0.3, help="radius in input units (0..1)")
     p.add_argument("--preset", choices=tuple(evaluation.PRESETS), default="standard")
     p.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
     p.add_argument(
-        "--indicators", type=int, default=0, metavar="N",
+        "--indicators", type=COUNT, default=0, metavar="N",
         help="also run the gradient-masking indicators on the first N test images",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument(
-        "--limit", type=int, default=1000, help="evaluate the first N test images (0: all)"
+        "--limit", type=COUNT, default=1000, help="evaluate the first N test images (0: all)"
     )
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_evaluate)
@@ -572,10 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fourier", help="Fourier heat map: error under single-frequency perturbations (Yin et al.)"
     )
     add_model_args(p)
-    p.add_argument("--eps", type=float, default=4.0, help="L2 norm of the basis image per channel")
-    p.add_argument("--limit", type=int, default=1000, help="use the first N test images (0: all)")
+    p.add_argument("--eps", type=RADIUS, default=4.0, help="L2 norm of the basis image per channel")
+    p.add_argument("--limit", type=COUNT, default=1000, help="use the first N test images (0: all)")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="images per forward (256 CPU, 4096 GPU)"
+        "--batch-size", type=POSITIVE, default=None, help="images per forward (256 CPU, 4096 GPU)"
     )
     p.add_argument("--out", default="fourier", help="directory for heatmap.png and heatmap.json")
     p.set_defaults(func=cmd_fourier)
@@ -586,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-model", help="module:factory of a baseline model for mCE")
     p.add_argument("--baseline-model-kwargs", help="JSON keyword arguments for the baseline")
     p.add_argument("--baseline-weights", help="state-dict file for --baseline-model")
-    p.add_argument("--limit", type=int, default=1000, help="use the first N test images (0: all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=COUNT, default=1000, help="use the first N test images (0: all)")
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--out", default="corruptions", help="directory for the PNG and JSON")
     p.set_defaults(func=cmd_corruptions)
     p = sub.add_parser(
@@ -598,8 +618,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="pgd",
         help=f"one of {', '.join(training.METHODS)}, or several comma-separated to compare",
     )  # fmt: skip
-    p.add_argument("--eps", type=float, default=0.3, help="training and test radius (0..1)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps (default: epochs)")
+    p.add_argument("--eps", type=RADIUS, default=0.3, help="training and test radius (0..1)")
+    p.add_argument(
+        "--checkpoint-every", type=POSITIVE, default=None, help="steps (default: epochs)"
+    )
     p.add_argument("--out", default="runs/train", help="directory for checkpoints and results")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(
@@ -607,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_training_args(p)
     p.add_argument("--method", choices=training.METHODS[1:], default="pgd")
-    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    p.add_argument("--eps", type=RADIUS, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--out", default="runs/tradeoff", help="directory for results and PNGs")
     p.set_defaults(func=cmd_tradeoff)
     return parser
