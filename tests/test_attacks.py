@@ -151,6 +151,9 @@ BAD = [
     ("y must be an int64 tensor", dict(y=torch.zeros(4)), {}),
     ("norm must be one of", {}, dict(norm="l1")),
     ("per-sample eps must have shape", {}, dict(eps=torch.ones(3))),
+    ("x must lie within bounds", dict(x=torch.rand(4, 6) + 0.5), {}),
+    ("x must lie within bounds", dict(x=torch.rand(4, 6) - 0.5), dict(bounds=(0.0, 2.0))),
+    ("x contains NaN", dict(x=torch.full((4, 6), float("nan"))), {}),
 ]
 
 
@@ -160,6 +163,19 @@ def test_bad_input_is_a_clear_error(message, inputs, kwargs):
     args = {"x": torch.rand(4, 6), "y": torch.zeros(4, dtype=torch.int64), **inputs}
     with pytest.raises(ValueError, match=message):
         pgd(model, args["x"], args["y"], **{"eps": 0.1, **kwargs})
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "adam_pgd", "square", "min_norm", "lbfgs"])
+def test_every_attack_refuses_inputs_outside_the_bounds(name):
+    # Each step clips into the bounds, so such an x_adv would lie farther than eps from x.
+    model = torch.nn.Sequential(torch.nn.Flatten(), models.fc(16, 10, hidden=(8,)))
+    x, y = torch.randn(4, 1, 4, 4), torch.zeros(4, dtype=torch.int64)  # square needs images
+    attack = getattr(robustkern.attacks, name)
+    kwargs = {"min_norm": {"norm": "linf"}, "lbfgs": {}}.get(name, {"eps": 0.1})
+    with pytest.raises(ValueError, match="x must lie within bounds"):
+        attack(model, x, y, **kwargs)
+    x_adv = attack(model, x, y, bounds=(float(x.min()), float(x.max())), **kwargs)
+    assert x_adv.shape == x.shape  # normalised inputs work with their own bounds
 
 
 def test_empty_model_output_is_a_clear_error():

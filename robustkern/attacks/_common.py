@@ -28,9 +28,21 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> tuple[int,
     lo, hi = bounds
     if not (lo <= hi):
         raise ValueError(f"bounds=(lo, hi) needs lo <= hi, got {bounds}")
-    if y.numel() == 0:
-        return 0, 0
-    return int(y.min()), int(y.max())
+    if x.numel() == 0:
+        return (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+    # One sync for both: x outside the bounds would be clipped into them by every step, moving
+    # it farther than eps (a silent wrong robust accuracy); NaN in x propagates through min/max.
+    x_lo, x_hi, y_lo, y_hi = torch.stack([x.min().double(), x.max().double(),
+                                          y.min().double(), y.max().double()]).tolist()  # fmt: skip
+    if math.isnan(x_lo) or math.isnan(x_hi):
+        raise ValueError("x contains NaN")
+    if not (lo <= x_lo and x_hi <= hi):
+        raise ValueError(
+            f"x must lie within bounds=({lo}, {hi}), got values in [{x_lo:.6g}, {x_hi:.6g}]: "
+            "clip x to the bounds, or pass the bounds your inputs live in (e.g. the range of "
+            "normalised inputs, or (-inf, inf))"
+        )
+    return int(y_lo), int(y_hi)
 
 
 def check_logits(logits: torch.Tensor, n: int, labels: tuple[int, int]) -> None:
