@@ -429,7 +429,7 @@ def cmd_sweep_run(args) -> int:
 
 def cmd_sweep_report(args) -> int:
     if args.csv:
-        cells, _ = sweep.report.load_cells(args.source)
+        cells = sweep.report.load_cells(args.source)[0]
         print(sweep.report.table(cells, "csv"), end="")
     else:
         print(sweep.write_report(args.source, args.out), end="")
@@ -449,7 +449,9 @@ def add_sweep_parser(sub) -> None:
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_sweep_run)
     report = actions.add_parser("report", help="tables and plots from a sweep's results")
-    report.add_argument("source", help="the sweep file (its cells) or a results .db (all)")
+    report.add_argument("source", help=(
+        "the sweep file (its cells for the data and weights as they are now) or a results .db "
+        "(every cell)"))  # fmt: skip
     report.add_argument("--out", help="also write results.md, results.csv and a PNG here")
     report.add_argument("--csv", action="store_true", help="print CSV instead of markdown")
     report.set_defaults(func=cmd_sweep_report)

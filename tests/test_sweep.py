@@ -330,8 +330,14 @@ def test_changed_eps_list_or_weights_run_only_the_new_cells(tmp_path, cnn):
     assert engine.run(sweep.load(moved / "sweep.toml"), **quiet).skipped == 4
     state = {k: v + 0.01 for k, v in cnn.state_dict().items()}
     torch.save(state, tmp_path / "cnn.pt")  # other weights: other cells
+    assert sweep.report.load_cells(path)[::2] == ([], 4)  # the old cells are not its results
     summary = engine.run(sweep.load(path), **quiet)
     assert (summary.computed, summary.skipped) == (4, 0)
+    cells, _, missing = sweep.report.load_cells(path)
+    assert (len(cells), missing) == (4, 0)
+    assert len(sweep.report.load_cells(tmp_path / "results.db")[0]) == 8  # the store keeps all
+    (weights,) = {c["config"]["model"]["sha256"] for c in cells}
+    assert weights != engine._fingerprint_model(cnn)  # only the new weights' cells
 
 
 def test_model_files_and_npz_data(tmp_path, cnn, digits_model):
@@ -372,6 +378,18 @@ def test_report_tables_and_plot(tmp_path, cnn, capsys):
     assert capsys.readouterr().out.count("\n") == 4
     assert cli.main(["sweep", "report", str(tmp_path / "other.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_agreement_pairs_cells_of_the_same_weights_and_data():
+    def cell(attack, weights, robust):
+        config = {"model": {"sha256": weights}, "data": {"sha256": "d"}}
+        return {"model": "cnn", "attack": attack, "attack_name": attack, "norm": "linf",
+                "eps": 0.1, "robust_accuracy": robust, "config": config}  # fmt: skip
+
+    old, new = cell("pgd", "old", 0.9), cell("pgd", "new", 0.5)
+    text = sweep.report.agreement([old, new, cell("min-norm", "new", 0.52)])
+    assert "| 52.0 | pgd | 50.0 | +2.0 |" in text  # not against the old weights' 90.0
+    assert sweep.report.agreement([old, cell("min-norm", "new", 0.52)]) == ""
 
 
 def test_cascade_presets_take_one_eps_per_sample(tmp_path, cnn):

@@ -78,13 +78,7 @@ def run(
     dev = _device(device or sweep.device)
     say = log if rank == 0 else (lambda _: None)
     try:
-        x, y = load_data(sweep)
-        nets = {m.name: load_model(m, sweep.seed).to(dev) for m in sweep.models}
-        for name, net in nets.items():
-            check_model(name, net, x[:2].to(dev), int(y.max()) + 1)
-        fingerprints = {"data": _fingerprint_data(x, y)}
-        fingerprints.update({name: _fingerprint_model(net) for name, net in nets.items()})
-        groups = plan(sweep, fingerprints)
+        x, y, nets, groups = prepare(sweep, dev)
         finished = _finished_cells(sweep, rank)
         summary = Summary()
         total = sum(len(g) for g in groups)
@@ -125,6 +119,18 @@ def _run_group(cells, nets, x, y, sweep, device, store, summary, progress, say) 
         summary.lines.append(_result_line(cell, rows[0], robust))
         say(summary.lines[-1])
     summary.computed += len(cells)
+
+
+def prepare(sweep: Sweep, device: torch.device) -> tuple:
+    """(x, y, models by name on ``device``, the grid): data and models loaded and checked
+    against each other, and each cell's identity from their contents."""
+    x, y = load_data(sweep)
+    nets = {m.name: load_model(m, sweep.seed).to(device) for m in sweep.models}
+    for name, net in nets.items():
+        check_model(name, net, x[:2].to(device), int(y.max()) + 1)
+    fingerprints = {"data": _fingerprint_data(x, y)}
+    fingerprints.update({name: _fingerprint_model(net) for name, net in nets.items()})
+    return x, y, nets, plan(sweep, fingerprints)
 
 
 def plan(sweep: Sweep, fingerprints: dict[str, str]) -> list[list[Cell]]:

@@ -7,28 +7,30 @@ import csv
 import io
 from pathlib import Path
 
+import torch
+
 from robustkern._io import atomic_write_text, pyplot, save_figure
 from robustkern.data import eps_text
-from robustkern.sweep.config import Sweep
 from robustkern.sweep.config import load as load_sweep
+from robustkern.sweep.engine import prepare
 from robustkern.sweep.store import Store
 
 COLUMNS = ("model", "attack", "norm", "eps", "n", "clean %", "robust %", "seconds", "share")
 
 
-def load_cells(source: str | Path) -> tuple[list[dict], Path]:
-    """Cells from a results store, or from a sweep file's store (only that sweep's grid)."""
+def load_cells(source: str | Path) -> tuple[list[dict], Path, int]:
+    """(cells, store, cells missing): every cell of a results store, or of a sweep file its
+    grid as the data and weights now define it (a cell computed with other weights, data or
+    settings is not this sweep's result and is left out; those not yet computed are counted)."""
     source = Path(source)
-    if source.suffix == ".toml":
-        sweep = load_sweep(source)
-        with Store(sweep.store, create=False) as store:
-            cells = store.cells()
-        grid = _grid(sweep)
-        return [c for c in cells if (c["model"], c["attack"], c["norm"], c["eps"]) in grid], (
-            sweep.store
-        )
-    with Store(source, create=False) as store:
-        return store.cells(), source
+    if source.suffix != ".toml":
+        with Store(source, create=False) as store:
+            return store.cells(), source, 0
+    sweep = load_sweep(source)
+    hashes = {cell.hash for group in prepare(sweep, torch.device("cpu"))[3] for cell in group}
+    with Store(sweep.store, create=False) as store:
+        cells = [c for c in store.cells() if c["config_hash"] in hashes]
+    return cells, sweep.store, len(hashes) - len(cells)
 
 
 def table(cells: list[dict], fmt: str = "markdown") -> str:
@@ -51,14 +53,10 @@ def table(cells: list[dict], fmt: str = "markdown") -> str:
 def agreement(cells: list[dict]) -> str:
     """Minimum-norm curves against fixed-eps attacks on the same model, norm and eps: the
     difference in robust accuracy (percentage points; > 0 means the curve is weaker there)."""
-    fixed = {
-        (c["model"], c["norm"], c["eps"]): c
-        for c in cells
-        if c["attack_name"] not in ("min-norm", "none")
-    }
+    fixed = {_point(c): c for c in cells if c["attack_name"] not in ("min-norm", "none")}
     rows = []
     for c in cells:
-        other = fixed.get((c["model"], c["norm"], c["eps"]))
+        other = fixed.get(_point(c))
         if c["attack_name"] == "min-norm" and other is not None:
             diff = 100 * (c["robust_accuracy"] - other["robust_accuracy"])
             rows.append(
@@ -99,8 +97,11 @@ def plot(cells: list[dict], path: str | Path) -> Path | None:
 def write(source: str | Path, out: str | Path | None = None) -> str:
     """The markdown report of ``source`` (a sweep file or a store); with ``out``, also
     results.md, results.csv and robust_accuracy.png there."""
-    cells, store = load_cells(source)
-    text = f"# Sweep results ({len(cells)} cells, {store})\n\n" + table(cells)
+    cells, store, missing = load_cells(source)
+    text = f"# Sweep results ({len(cells)} cells, {store})\n\n"
+    if missing:
+        text += f"{missing} cell(s) of {source} not computed yet: `robustkern sweep run` it.\n\n"
+    text += table(cells)
     agree = agreement(cells)
     if agree:
         text += "\n## Minimum-norm curve against fixed-eps attacks\n\n" + agree
@@ -112,9 +113,11 @@ def write(source: str | Path, out: str | Path | None = None) -> str:
     return text
 
 
-def _grid(sweep: Sweep) -> set[tuple]:
-    return {(m.name, a.label, a.norm, e) for m in sweep.models for a in sweep.attacks
-            for e in a.eps}  # fmt: skip
+def _point(cell: dict) -> tuple:
+    """Cells comparable in the agreement table: the same model weights and data (by content,
+    as a store may hold several versions under one name), norm and eps."""
+    config = cell["config"]
+    return config["model"]["sha256"], config["data"]["sha256"], cell["norm"], cell["eps"]
 
 
 def _pct(value: float | None) -> str:
