@@ -329,7 +329,13 @@ def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mod
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu"))
+            try:
+                model(torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu"))
+            except RuntimeError as e:
+                raise ValueError(
+                    f"input_shape {input_shape} (one sample, e.g. (C, H, W)) does not fit the "
+                    f"model: {e}"
+                ) from e
     finally:
         model.train(was_training)
         for h in hooks:

@@ -332,6 +332,13 @@ def test_unknown_layers_are_listed_not_skipped():
     assert "cannot bound" in table.rows[-1].note
 
 
+def test_an_input_shape_the_model_cannot_take_is_named():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    for shape in [(3, 8, 8), (8, 8), (1, 9, 9)]:
+        with pytest.raises(ValueError, match=rf"input_shape \({shape[0]}, .* does not fit"):
+            spectral.lipschitz_table(model, shape)
+
+
 def test_pooling_bounds():
     overlapping = spectral._maxpool_bound(nn.MaxPool2d(3, stride=1), (1, 8, 8))
     assert overlapping == pytest.approx(3.0)  # an input sits in up to 9 windows
