@@ -5,7 +5,7 @@ import torch
 
 import robustkern
 from robustkern import data, models, training
-from robustkern.attacks import apgd, square
+from robustkern.attacks import adam_pgd, apgd, square
 from robustkern.evaluation import PRESETS, Cascade, transfer_matrix
 from tests.conftest import accuracy
 
@@ -48,6 +48,32 @@ def test_fast_preset_bf16_and_mode_restored(digits_model):
     assert list(fast.broken_by) == ["apgd-ce", "apgd-t"]
     assert 0.2 < fast.robust_accuracy < fast.clean_accuracy - 0.3
     assert bf16.robust_accuracy == pytest.approx(fast.robust_accuracy, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "name, attack, options",
+    [
+        ("apgd", apgd, {"steps": 10}),
+        ("adam", adam_pgd, {"steps": 10}),
+        ("square", square, {"queries": 50}),
+    ],
+)
+def test_attacks_by_name_match_the_functions(digits_model, name, attack, options):
+    model, x, y = digits_model
+    x, y = x[:64], y[:64]
+    result = robustkern.evaluate(
+        model, (x, y), name, eps=0.1, generator=torch.Generator().manual_seed(0),
+        progress=False, **options,
+    )  # fmt: skip
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    x_adv = attack(model, x[ok], y[ok], eps=0.1, generator=torch.Generator().manual_seed(0),
+                   **options)  # fmt: skip
+    robust = ok.clone()
+    with torch.no_grad():
+        robust[ok] = model(x_adv).argmax(1) == y[ok]
+    assert result.attack == name and torch.equal(result.robust_correct, robust)
+    assert result.robust_accuracy < result.clean_accuracy  # eps 0.1 breaks some digits
 
 
 def test_cascade_options_are_checked(digits_model):

@@ -95,3 +95,6 @@ def test_bad_arguments_are_named(digits_model):
         adversarial_loss(model, x, y, eps=-0.1)
     with pytest.raises(ValueError, match="beta"):
         adversarial_loss(model, x, y, method="trades", eps=0.1, beta=-1)
+    for method in ("standard", "pgd", "fgsm-rs", "trades"):
+        with pytest.raises(ValueError, match="labels must lie in"):
+            adversarial_loss(model, x, y + 10, method=method, eps=0.1)

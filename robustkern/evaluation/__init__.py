@@ -9,6 +9,7 @@ from robustkern.evaluation.core import (
     eval_mode,
     evaluate,
     model_device,
+    outcome_fn,
 )
 from robustkern.evaluation.masking import Indicator, indicators
 from robustkern.evaluation.transfer import TransferTable, transfer_matrix
@@ -24,5 +25,6 @@ __all__ = [
     "evaluate",
     "indicators",
     "model_device",
+    "outcome_fn",
     "transfer_matrix",
 ]

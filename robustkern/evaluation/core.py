@@ -19,7 +19,14 @@ AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 _Outcome = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 ]
-ATTACKS = ("pgd", "fgsm", "none", "standard", "fast")
+ATTACKS = ("pgd", "apgd", "adam", "square", "fgsm", "none", "standard", "fast")
+# Attacks that report which samples they fooled, and whether they take early_stop.
+_REPORTING = {
+    "pgd": (attacks.pgd, True),
+    "apgd": (attacks.apgd, True),
+    "adam": (attacks.adam_pgd, False),
+    "square": (attacks.square, False),
+}
 # Cascades: each attack runs only on the points every earlier one left robust (per-sample worst
 # case). "standard" is our counterpart of AutoAttack's standard version (APGD-CE, APGD-T on the
 # DLR loss over 9 target classes, Square with 5,000 queries); "fast" keeps the two white-box
@@ -101,8 +108,9 @@ def evaluate(
     """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
 
     data: an ``(x, y)`` pair of tensors, a Dataset or a DataLoader of ``(x, y)`` batches.
-    attack: "pgd" (early stopping: a sample leaves the batch once misclassified, which changes
-    no outcome and saves the work), "fgsm", "none", a callable ``(model, x, y) -> x_adv``, or a
+    attack: "pgd" or "apgd" (early stopping: a sample leaves the batch once misclassified,
+    which changes no outcome and saves the work), "adam" (``adam_pgd``), "square" (black-box),
+    "fgsm", "none", a callable ``(model, x, y) -> x_adv``, or a
     cascade, "standard" (APGD-CE, targeted APGD-DLR, Square: the reliable evaluation) or "fast"
     (the two APGD attacks); cascades report how many points each attack broke.
     ``attack_kwargs`` go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``; cascades take
@@ -111,7 +119,7 @@ def evaluate(
     restored after. ``autocast``: e.g. ``torch.bfloat16`` runs the model under
     ``torch.autocast`` (faster; keep the float32 default for numbers meant to be compared).
     """
-    attack_fn, name = _attack_fn(attack, attack_kwargs)
+    attack_fn, name = outcome_fn(attack, attack_kwargs)
     device = torch.device(device) if device is not None else model_device(model)
     clean, robust = [], []
     start = time.perf_counter()
@@ -142,16 +150,19 @@ def evaluate(
     )
 
 
-def _attack_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, str]:
+def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, str]:
+    """``attack`` (a name of ``ATTACKS`` or a callable) with its options, as a function
+    ``(model, x, y) -> (x_adv, fooled)`` (None for "none"), and its name."""
     if callable(attack):
         return _with_success(lambda m, x, y: attack(m, x, y, **kwargs)), getattr(
             attack, "__name__", "custom"
         )
     if attack == "none":
         return None, "none"
-    if attack == "pgd":
-        kwargs = {"early_stop": True, **kwargs, "return_success": True}
-        return (lambda m, x, y: attacks.pgd(m, x, y, **kwargs)), "pgd"
+    if attack in _REPORTING:
+        fn, stops = _REPORTING[attack]
+        kwargs = {**({"early_stop": True} if stops else {}), **kwargs, "return_success": True}
+        return (lambda m, x, y: fn(m, x, y, **kwargs)), attack
     if attack == "fgsm":
         return _with_success(lambda m, x, y: attacks.fgsm(m, x, y, **kwargs)), "fgsm"
     if attack in PRESETS:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from robustkern import attacks, data, models
 from robustkern._env import code_version, derived_seed, device_name, world
-from robustkern.evaluation import PRESETS, Cascade, eval_mode, model_device
+from robustkern.evaluation import eval_mode, model_device, outcome_fn
 from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, cell_config, config_hash
 from robustkern.sweep.store import Store
 
@@ -293,23 +293,10 @@ def _min_norm_distances(model, attack: AttackSpec, eps: list[float], x, y, idx, 
 
 def _fooled(model, attack: AttackSpec, x, y, eps, g) -> torch.Tensor:
     """Whether ``attack`` finds an adversarial point for each sample (eps: float or per sample)."""
-    p, name = attack.params, attack.name
-    common = {"eps": eps, "norm": attack.norm, "generator": g}
-    if name == "fgsm":
-        x_adv = attacks.fgsm(model, x, y, eps=eps)
-        with torch.no_grad():
-            return model(x_adv).argmax(dim=1) != y
-    if name in PRESETS:
-        return Cascade(name, **common, **p)(model, x, y)[1]
-    if name == "pgd":
-        return attacks.pgd(model, x, y, **common, **p, early_stop=True, return_success=True)[1]
-    if name == "apgd":
-        return attacks.apgd(model, x, y, **common, **p, early_stop=True, return_success=True)[1]
-    if name == "adam":
-        return attacks.adam_pgd(model, x, y, **common, **p, return_success=True)[1]
-    if name == "square":
-        return attacks.square(model, x, y, **common, **p, return_success=True)[1]
-    raise ValueError(f"unknown attack {name!r}")  # the sweep file check makes this unreachable
+    options = {"eps": eps, **attack.params}
+    if attack.name != "fgsm":  # L-inf only, and deterministic
+        options |= {"norm": attack.norm, "generator": g}
+    return outcome_fn(attack.name, options)[0](model, x, y)[1]
 
 
 def _sharing(requested: str, attack: AttackSpec, device: torch.device) -> str:

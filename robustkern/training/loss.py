@@ -15,6 +15,7 @@ from robustkern.attacks._common import (
     Shard,
     check_eps,
     check_inputs,
+    check_logits,
     loss_and_grad,
     noise_like,
 )
@@ -73,6 +74,7 @@ def adversarial_loss(
     eps = check_eps(eps, x.shape[0], finite=True)
     if method == "standard":
         logits = model(x)
+        check_logits(logits, x.shape[0], labels)
         loss = F.cross_entropy(logits, y)
         return (loss, logits.detach()) if return_logits else loss
     target = model.module if isinstance(model, DistributedDataParallel) else model
