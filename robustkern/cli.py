@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import math
 import os
@@ -27,6 +28,8 @@ from robustkern import (
 )
 from robustkern._io import atomic_torch_save, atomic_write_text
 from robustkern.attacks import NORMS
+from robustkern.attacks._common import LOSSES
+from robustkern.attacks.apgd import APGD_LOSSES
 from robustkern.data import eps_text
 
 DEFAULT_EPOCHS = 10
@@ -72,25 +75,41 @@ def load_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.M
     return model.to(args.device)
 
 
+# Flags of `robustkern attack` that go to the attack function when it takes them.
+ATTACK_FLAGS = ("steps", "restarts", "loss", "alpha", "queries")
+
+
+def attack_options(args) -> dict:
+    """The chosen attack's keyword arguments: each flag it takes, given or at the function's
+    default (so the printed budget is the one that runs); a flag it does not take, an L2 fgsm
+    or an unknown loss stop here, before a model is loaded or trained."""
+    params = inspect.signature(evaluation.FUNCTIONS[args.attack]).parameters
+    options: dict = {"eps": args.eps}
+    for flag in ATTACK_FLAGS:
+        value = getattr(args, flag)
+        if flag not in params and value is not None:
+            raise ValueError(f"--attack {args.attack} takes no --{flag}")
+        if flag in params:
+            options[flag] = params[flag].default if value is None else value
+    if "norm" not in params and args.norm != "linf":
+        raise ValueError(f"{args.attack} is an L-inf attack: use --norm linf or another attack")
+    if "norm" in params:
+        options["norm"] = args.norm
+    if "generator" in params:
+        options["generator"] = torch.Generator(args.device).manual_seed(args.seed)
+    losses = APGD_LOSSES if args.attack == "apgd" else LOSSES
+    if options.get("loss", "ce") not in losses:
+        raise ValueError(f"--attack {args.attack} takes --loss {' or '.join(losses)}")
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def cmd_attack(args) -> int:
     torch.manual_seed(args.seed)
+    kwargs = attack_options(args)
     x_train, y_train, x_test, y_test = load_test_split(args)
     model = load_model(args, x_train, y_train)
-    kwargs = {"eps": args.eps}
-    if args.attack == "pgd":
-        kwargs.update(
-            norm=args.norm,
-            steps=args.steps,
-            restarts=args.restarts,
-            loss=args.loss,
-            generator=torch.Generator(args.device).manual_seed(args.seed),
-        )
-        if args.alpha is not None:
-            kwargs["alpha"] = args.alpha
-    elif args.norm != "linf":
-        raise ValueError("fgsm is an L-inf attack: use --norm linf or --attack pgd")
-    what = f"{args.attack} ({args.norm}, eps {eps_text(args.eps, (0.0, 1.0))}"
-    what += f", {args.steps} steps, {args.restarts} restart(s))" if args.attack == "pgd" else ")"
+    budget = "".join(f", {k} {kwargs[k]}" for k in ATTACK_FLAGS if k in kwargs)
+    what = f"{args.attack} ({args.norm}, eps {eps_text(args.eps, (0.0, 1.0))}{budget})"
     print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")
     print(f"attack: {what}")
     result = robustkern.evaluate(
@@ -550,13 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     p = sub.add_parser("attack", help="clean and robust accuracy of a model under an attack")
     add_model_args(p)
-    p.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
+    p.add_argument("--attack", choices=tuple(evaluation.FUNCTIONS), default="pgd")
     p.add_argument("--norm", choices=NORMS, default="linf")
     p.add_argument("--eps", type=RADIUS, default=0.3, help="radius in input units (0..1)")
-    p.add_argument("--steps", type=POSITIVE, default=10)
-    p.add_argument("--alpha", type=RADIUS, default=None, help="step size (2.5*eps/steps)")
-    p.add_argument("--restarts", type=POSITIVE, default=1)
-    p.add_argument("--loss", choices=("ce", "margin"), default="ce")
+    p.add_argument("--steps", type=POSITIVE, help="iterations (10 for pgd, 100 for apgd, adam)")
+    p.add_argument("--alpha", type=RADIUS, help="pgd's step size (2.5*eps/steps)")
+    p.add_argument("--restarts", type=POSITIVE, help="pgd, apgd, square (1)")
+    p.add_argument("--loss", choices=("ce", "margin", "dlr"), help="ce (default), margin, dlr")
+    p.add_argument("--queries", type=POSITIVE, help="square's query budget (5000)")
     p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--limit", type=COUNT, default=0, help="evaluate only the first N test images")
     p.set_defaults(func=cmd_attack)

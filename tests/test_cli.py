@@ -59,6 +59,38 @@ def test_evaluate_runs_the_cascade_and_the_indicators(capsys, tmp_path):
     assert {i["verdict"] for i in report["indicators"]} <= {"pass", "warn", "fail"}
 
 
+@pytest.mark.parametrize(
+    "options, budget",
+    [
+        (["--attack", "apgd", "--steps", "5", "--loss", "dlr"], "steps 5, restarts 1, loss dlr"),
+        (["--attack", "adam"], "steps 100, loss ce"),  # the function's defaults, printed
+        (["--attack", "square", "--queries", "30"], "restarts 1, queries 30"),
+    ],
+)
+def test_attack_runs_each_attack_with_its_budget(capsys, options, budget):
+    argv = ["attack", "--data", "digits", "--epochs", "2", "--eps", "0.1", "--limit", "40"]
+    code, out, _ = run(capsys, *argv, *options, "--no-progress")
+    assert code == 0 and f"eps 0.1 (= 25.5/255), {budget})" in out, out
+    robust = float(out.split("robust accuracy:")[1].split("%")[0])
+    assert 0 <= robust <= float(out.split("clean accuracy:")[1].split("%")[0])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--attack", "pgd", "--queries", "5"], "--attack pgd takes no --queries"),
+        (["--attack", "square", "--alpha", "0.1"], "--attack square takes no --alpha"),
+        (["--attack", "apgd", "--loss", "margin"], "--attack apgd takes --loss ce or dlr"),
+        (["--attack", "pgd", "--loss", "dlr"], "--attack pgd takes --loss ce or margin"),
+        (["--attack", "fgsm", "--norm", "l2"], "fgsm is an L-inf attack"),
+    ],
+)
+def test_attack_options_it_cannot_take_stop_before_any_work(capsys, monkeypatch, options, message):
+    monkeypatch.setattr(cli.data, "load", lambda *a, **k: pytest.fail("loaded data"))
+    code, _, err = run(capsys, "attack", "--data", "digits", *options)
+    assert code == 2 and message in err, err
+
+
 def test_attack_with_user_model(capsys, tmp_path):
     torch.save(models.fc(64, 10, hidden=(16,)).state_dict(), tmp_path / "fc.pt")
     code, out, _ = run(

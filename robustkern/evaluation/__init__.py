@@ -3,6 +3,7 @@ gradient-masking indicators (``indicators``) and transfer tables (``transfer_mat
 
 from robustkern.evaluation.core import (
     ATTACKS,
+    FUNCTIONS,
     PRESETS,
     Cascade,
     Evaluation,
@@ -16,6 +17,7 @@ from robustkern.evaluation.transfer import TransferTable, transfer_matrix
 
 __all__ = [
     "ATTACKS",
+    "FUNCTIONS",
     "PRESETS",
     "Cascade",
     "Evaluation",

@@ -27,6 +27,8 @@ _REPORTING = {
     "adam": (attacks.adam_pgd, False),
     "square": (attacks.square, False),
 }
+# Every single attack by name, for callers that pass it options (the command line).
+FUNCTIONS = {name: fn for name, (fn, _) in _REPORTING.items()} | {"fgsm": attacks.fgsm}
 # Cascades: each attack runs only on the points every earlier one left robust (per-sample worst
 # case). "standard" is our counterpart of AutoAttack's standard version (APGD-CE, APGD-T on the
 # DLR loss over 9 target classes, Square with 5,000 queries); "fast" keeps the two white-box
