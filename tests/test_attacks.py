@@ -79,6 +79,29 @@ def test_early_stop_gives_the_same_robust_accuracy(digits_model):
     assert torch.equal(early.success, early.clean_correct & ~early.robust_correct)
 
 
+@pytest.mark.parametrize("norm, eps", [("linf", 0.05), ("l2", 1.0)])
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_shards_give_the_whole_batch_result(early_stop, norm, eps):
+    # Two data-parallel ranks' shards, each drawing starts as for the whole batch, give the
+    # one-process result, restarts and early stopping included. Only the model's own float64
+    # conv backward rounds differently with the batch size (last bits), hence the tolerance.
+    torch.manual_seed(0)
+    model = models.small_cnn(1, 10).double().eval()
+    x, y = torch.rand(24, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (24,))
+    kwargs = dict(eps=eps, norm=norm, steps=4, restarts=3, early_stop=early_stop,
+                  return_success=True)  # fmt: skip
+
+    def attack(rows, shard=None):
+        g = torch.Generator().manual_seed(1)
+        return pgd(model, x[rows], y[rows], generator=g, shard=shard, **kwargs)
+
+    whole = attack(slice(None))
+    parts = [attack(slice(a, b), shard=(a, 24)) for a, b in ((0, 10), (10, 24))]
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), whole[0], rtol=0, atol=1e-12)
+    assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
+    assert 0 < whole[1].sum() < 24  # restarts had robust samples to work on
+
+
 @pytest.mark.parametrize(("early_stop", "restarts"), [(True, 1), (False, 1), (False, 2)])
 def test_returned_success_matches_the_model(digits_model, early_stop, restarts):
     model, x, y = digits_model

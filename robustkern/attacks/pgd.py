@@ -112,7 +112,9 @@ class _Run:
             if idx.numel() == 0:
                 break
             xn, yy, e, a = x_nat[idx], y[idx], _take(eps, idx), _take(alpha, idx)
-            xa, step = self._start(xn, e), self._step_fn(a, e)
+            # Starts drawn for the whole batch, as the fixed loop does: a sample's start does
+            # not depend on which others are done, nor, under shard=, on the rank count.
+            xa, step = self._start(x_nat, eps)[idx], self._step_fn(a, e)
             for i in range(self.steps + 1):
                 if i < self.steps:
                     grad, logits = input_grad(
