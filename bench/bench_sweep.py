@@ -59,7 +59,7 @@ def sweep_runs(model, x, y, steps: int) -> dict:
         ),
     }
     if steps <= 10:  # the slower variants, once
-        runs["sweep, share = batch (one call, eps per sample)"] = lambda: shared(
+        runs["sweep, share = batch (eps per sample, 256 rows per call)"] = lambda: shared(
             model, x, y, "pgd", "batch", steps=steps
         )
         runs["sweep, min-norm (FMN 50 steps, no check)"] = lambda: shared(

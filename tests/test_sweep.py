@@ -18,6 +18,7 @@ import torch
 from robustkern import cli, models, sweep
 from robustkern.evaluation import evaluate
 from robustkern.sweep import engine, store
+from robustkern.sweep.config import AttackSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = '[data]\nname = "digits"\nlimit = {limit}\n'
@@ -230,6 +231,27 @@ def test_eps_sharing_matches_separate_runs(tmp_path, cnn, share):
         assert differ <= 2, (eps, int(differ))  # float differences between batch shapes
     robust = [sum(got[e]) for e in (0.05, 0.1, 0.2)]
     assert robust[0] > robust[1] > robust[2]
+
+
+@pytest.mark.parametrize("share", ["batch", "cascade", "none"])
+def test_batch_size_bounds_the_rows_of_every_attack_call(cnn, digits_model, monkeypatch, share):
+    # "batch" sends K rows per example: its batches hold batch_size // K examples, so a size
+    # chosen to fit in memory holds for every mode.
+    rows, real = [], engine._fooled
+
+    def counted(model, attack, x, *rest):
+        rows.append(len(x))
+        return real(model, attack, x, *rest)
+
+    monkeypatch.setattr(engine, "_fooled", counted)
+    _, x, y = digits_model
+    attack = AttackSpec(label="pgd", name="pgd", norm="linf", eps=(0.05, 0.1, 0.2),
+                        params={"steps": 2})  # fmt: skip
+    engine.evaluate_group(cnn, attack, [0.05, 0.1, 0.2], x[:100], y[:100], batch_size=32,
+                          share=share)  # fmt: skip
+    assert rows and max(rows) <= 32
+    if share == "batch":
+        assert max(rows) > 20  # 10 examples x 3 eps, less the misclassified
 
 
 def test_min_norm_curve_agrees_with_fixed_eps_attacks(tmp_path, cnn):

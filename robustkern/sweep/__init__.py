@@ -27,7 +27,7 @@ Sweep file::
     path = "results.db"        # relative to the sweep file (the default)
     [run]
     seed = 0
-    batch_size = 256           # examples per batch (with share = "batch": x the eps count)
+    batch_size = 256           # rows per attack call (share = "batch": / the eps count)
     device = "auto"            # "auto", "cpu", "cuda"
     share = "auto"             # "cascade" (CPU default), "batch" (GPU default) or "none"
 """

@@ -2,16 +2,18 @@
 the outcomes all-reduced, rank 0 recording them.
 
 Work is done per *group*: one model and one attack entry with all of its eps values not yet in
-the store. The data are cut into batches of ``batch_size`` examples, the same batches whatever
-the number of ranks; rank r takes batches r, r + world, ... and seeds each batch's generator
-from the sweep seed, the group and the batch index, so every rank count gives the same outcome
-for every example. Within a batch the eps values share work in one of three ways:
+the store. The data are cut into batches of ``batch_size`` examples (``batch_size // K`` for
+K eps values under ``batch``, so that one call holds at most ``batch_size`` rows), the same
+batches whatever the number of ranks; rank r takes batches r, r + world, ... and seeds each
+batch's generator from the sweep seed, the group and the batch index, so every rank count
+gives the same outcome for every example. Within a batch the eps values share work in one of
+three ways:
 
 * ``cascade`` (the CPU default): eps in ascending order, each attacking only the examples that
   survived the smaller ones; an example fooled at eps_k is counted fooled at every larger eps,
   because the adversarial point found lies inside those balls too (sound, and it skips them).
-* ``batch`` (the GPU default): one attack call on every (example, eps) pair at once, eps given
-  per sample to the fused projection ops; many small batches become one large one.
+* ``batch`` (the GPU default): one attack call on every (example, eps) pair of the batch, eps
+  given per sample to the fused projection ops; K small calls become one of K times the rows.
 * ``none``: each eps on its own, as separate runs would do (for comparison).
 
 All three report the same quantity: an example is robust at eps when it is classified correctly
@@ -210,11 +212,13 @@ def evaluate_group(
     # rows: clean, robust at each eps, covered (each example exactly once over the ranks)
     table = torch.zeros(k + 2, n, dtype=torch.float64, device=device)
     distance = torch.zeros(n, dtype=torch.float64, device=device)
-    starts = list(range(0, n, batch_size))[rank::world_size]
+    # batch_size bounds the rows of one attack call: with "batch" each example brings K rows.
+    per_batch = max(1, batch_size // k) if share == "batch" else batch_size
+    starts = list(range(0, n, per_batch))[rank::world_size]
     start = time.perf_counter()
     with eval_mode(model):
         for s in tqdm(starts, desc=desc.strip(), disable=not progress, unit="batch"):
-            rows = slice(s, min(s + batch_size, n))
+            rows = slice(s, min(s + per_batch, n))
             g = torch.Generator(device).manual_seed(derived_seed(seed, s))
             xb, yb = x[rows].to(device), y[rows].to(device)
             ok, fooled, dist_b = _attack_batch(model, attack, eps, xb, yb, g, share)
