@@ -9,7 +9,7 @@ import robustkern
 from bench.baselines import HAS_ART, HAS_FB, HAS_TA, art_classifier
 from bench.timing import floor_fn, interleaved_medians
 from robustkern import models
-from robustkern.attacks import pgd
+from robustkern.attacks import GraphedPGD, pgd
 
 EPS, STEPS = 0.3, 10
 ALPHA = 2.5 * EPS / STEPS
@@ -26,6 +26,9 @@ def throughput_rows(report, title, model, x, y, eps, alpha):
         FLOOR: floor_fn(model, pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha), y, STEPS),
         "robustkern pgd": lambda: pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha),
     }
+    if x.is_cuda and not torch.is_autocast_enabled("cuda"):
+        graphed = GraphedPGD(model, x, y, eps=eps, steps=STEPS, alpha=alpha)
+        fns["robustkern GraphedPGD (CUDA graph of the step loop)"] = lambda: graphed(x, y)
     if HAS_TA:
         import torchattacks
 

@@ -8,7 +8,7 @@ import torch
 
 import robustkern
 from robustkern import models
-from robustkern.attacks import fgsm, pgd
+from robustkern.attacks import GraphedPGD, fgsm, pgd
 from tests.conftest import accuracy
 
 
@@ -199,6 +199,35 @@ def test_every_attack_refuses_inputs_outside_the_bounds(name):
         attack(model, x, y, **kwargs)
     x_adv = attack(model, x, y, bounds=(float(x.min()), float(x.max())), **kwargs)
     assert x_adv.shape == x.shape  # normalised inputs work with their own bounds
+
+
+def test_graphed_pgd_needs_cuda_tensors():
+    model = models.fc(6, 10, hidden=(8,))
+    with pytest.raises(ValueError, match="x must be on a GPU"):
+        GraphedPGD(model, torch.rand(4, 6), torch.zeros(4, dtype=torch.int64), eps=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_graphed_pgd_replays_what_pgd_computes(norm, eps):
+    torch.manual_seed(0)
+    model = models.small_resnet(3, 10).cuda().eval()
+    x = torch.rand(2, 16, 3, 16, 16, device="cuda")
+    y = torch.randint(0, 10, (2, 16), device="cuda")
+    kwargs = dict(eps=eps, norm=norm, steps=5)
+    attack = GraphedPGD(model, x[0], y[0], **kwargs)
+
+    def differ(a, b):  # fraction of elements apart (a near-zero gradient may flip a sign)
+        return (a - b).abs().gt(1e-5).float().mean().item()
+
+    for xb, yb in zip(x, y, strict=True):  # each replay on a new batch
+        got = attack(xb, yb, generator=torch.Generator("cuda").manual_seed(1))
+        want = pgd(model, xb, yb, generator=torch.Generator("cuda").manual_seed(1), **kwargs)
+        assert differ(got, want) < 1e-3
+    with pytest.raises(ValueError, match="captured for x of shape"):
+        attack(x[0, :8], y[0, :8])
+    with pytest.raises(ValueError, match="labels must lie in"):
+        attack(x[0], torch.full_like(y[0], 10))
 
 
 def test_empty_model_output_is_a_clear_error():

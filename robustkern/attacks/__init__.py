@@ -9,11 +9,12 @@ from robustkern.attacks.apgd import apgd
 from robustkern.attacks.fgsm import fgsm
 from robustkern.attacks.lbfgs import lbfgs
 from robustkern.attacks.min_norm import average_distortion, min_norm, robust_accuracy_curve
-from robustkern.attacks.pgd import NORMS, pgd
+from robustkern.attacks.pgd import NORMS, GraphedPGD, pgd
 from robustkern.attacks.square import square
 
 __all__ = [
     "NORMS",
+    "GraphedPGD",
     "adam_pgd",
     "apgd",
     "average_distortion",

@@ -51,10 +51,15 @@ def check_logits(logits: torch.Tensor, n: int, labels: tuple[int, int]) -> None:
         raise ValueError(
             f"the model must return logits of shape (N={n}, classes), got {tuple(logits.shape)}"
         )
-    if labels[0] < 0 or labels[1] >= logits.shape[1]:
+    check_labels(labels, logits.shape[1])
+
+
+def check_labels(labels: tuple[int, int], classes: int) -> None:
+    """The (min, max) label from check_inputs must index one of ``classes`` outputs."""
+    if labels[0] < 0 or labels[1] >= classes:
         raise ValueError(
-            f"labels must lie in [0, {logits.shape[1]}) for a model with "
-            f"{logits.shape[1]} outputs, found labels in [{labels[0]}, {labels[1]}]"
+            f"labels must lie in [0, {classes}) for a model with {classes} outputs, found "
+            f"labels in [{labels[0]}, {labels[1]}]"
         )
 
 

@@ -14,6 +14,8 @@ from robustkern.attacks._common import (
     broadcast,
     check_eps,
     check_inputs,
+    check_labels,
+    check_logits,
     input_grad,
     is_adversarial,
     keep_best,
@@ -170,6 +172,105 @@ class _Run:
             logits = self.model(x_adv)
         fooled = is_adversarial(logits, y, self.targeted)
         return keep_best(best, x_adv, fooled, attack_loss(logits, y, self.loss, self.targeted))
+
+
+class GraphedPGD:
+    """PGD with fixed steps whose whole step loop (``steps`` x forward, input-backward and fused
+    step) is captured once as a CUDA graph and replayed for each batch: no kernel launches or
+    Python work per step, which is what small batches on a large GPU pay for.
+
+    ``x`` and ``y`` are an example batch: every later call takes tensors of the same shape,
+    dtype and device. eps, alpha, norm, loss, bounds and the model's train/eval mode are fixed
+    at capture; the model's weights are read at each replay (in-place updates are seen). The
+    random start is drawn per call, outside the graph, from ``generator``. ``autocast``: e.g.
+    ``torch.bfloat16`` captures the model under autocast. CUDA only::
+
+        attack = GraphedPGD(model, x, y, eps=8 / 255)
+        for x, y in loader:  # same batch shape each time
+            x_adv = attack(x, y)
+    """
+
+    def __init__(
+        self,
+        model,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: PerSample,
+        norm: str = "linf",
+        steps: int = 10,
+        alpha: PerSample | None = None,
+        random_start: bool = True,
+        targeted: bool = False,
+        loss: str = "ce",
+        bounds: Bounds = (0.0, 1.0),
+        autocast: torch.dtype | None = None,
+        warmup: int = 3,
+    ):
+        if not x.is_cuda:
+            raise ValueError(
+                f"GraphedPGD captures a CUDA graph: x must be on a GPU, got {x.device}"
+            )
+        labels = check_inputs(x, y, bounds)
+        if norm not in NORMS or loss not in LOSSES or steps < 1:
+            raise ValueError(f"norm must be one of {NORMS}, loss one of {LOSSES} and steps >= 1, "
+                             f"got {norm!r}, {loss!r}, {steps}")  # fmt: skip
+        n = x.shape[0]
+        self.eps = check_eps(eps, n)
+        alpha = 2.5 * self.eps / steps if alpha is None else check_eps(alpha, n, "alpha")
+        self.x_nat, self.y = x.detach().clone(), y.clone()
+        self.x_adv = self.x_nat.clone()
+        with torch.no_grad():
+            logits = model(self.x_nat)
+        check_logits(logits, n, labels)
+        self.classes = logits.shape[1]
+        self.labels = (0, self.classes - 1)  # any label a later batch may bring
+        self.autocast = autocast
+        self._run = _Run(model, norm, steps, random_start, targeted, loss, bounds, None,
+                         self.labels, None)  # fmt: skip
+        self._step = self._run._step_fn(alpha, self.eps)
+        side = torch.cuda.Stream(x.device)  # warm-up (lazy handles, autotuning) off the graph
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.x_adv.copy_(self.x_nat)
+                self._loop()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._loop()
+
+    def _loop(self) -> None:
+        """The captured work; autocast's weight cache must be off while capturing."""
+        run = self._run
+        with torch.autocast("cuda", self.autocast or torch.bfloat16, enabled=bool(self.autocast),
+                            cache_enabled=False):  # fmt: skip
+            for _ in range(run.steps):
+                grad, _ = input_grad(run.model, self.x_adv, self.y, run.loss, run.targeted,
+                                     self.labels)  # fmt: skip
+                self._step(self.x_adv, self.x_nat, grad)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """x_adv for this batch (a fresh tensor; the graph's buffers are reused)."""
+        if (
+            x.shape != self.x_nat.shape
+            or x.dtype != self.x_nat.dtype
+            or x.device != self.x_nat.device
+        ):
+            raise ValueError(
+                f"GraphedPGD was captured for x of shape {tuple(self.x_nat.shape)}, "
+                f"{self.x_nat.dtype} on {self.x_nat.device}; got {tuple(x.shape)}, {x.dtype} "
+                f"on {x.device}: build one GraphedPGD per batch shape"
+            )
+        check_labels(check_inputs(x, y, self._run.bounds), self.classes)
+        self.x_nat.copy_(x)
+        self.y.copy_(y)
+        self._run.generator = generator
+        self.x_adv.copy_(self._run._start(self.x_nat, self.eps))
+        self.graph.replay()
+        return self.x_adv.clone()
 
 
 def _take(v: PerSample, idx: torch.Tensor) -> PerSample:
