@@ -2,6 +2,8 @@
 forward + input-backward), and evaluate() with early stopping against torchattacks' and ART's
 PGD. ART works on numpy arrays: its rows include the copies its API makes."""
 
+import copy
+
 import pytest
 import torch
 
@@ -17,36 +19,48 @@ FLOOR = "floor: 10 x (forward + input-backward) on PGD's output points"
 FLOOR_CLEAN = "10 x (forward + input-backward) on clean x (not the floor: see floor_fn)"
 
 
-def throughput_rows(report, title, model, x, y, eps, alpha):
+def throughput_rows(report, title, model, x, y, eps, alpha, amp=None, theirs=None):
     """Times each PGD-10 implementation on one batch (interleaved rounds, medians); rows
-    relative to the floor and to ours."""
+    relative to the floor and to ours. ``amp``: our rows and the floors run under autocast with
+    this dtype; ``theirs``: (model, x) for the other libraries' rows (default: ours), e.g. the
+    float32 NCHW model a bf16 + channels_last table is compared with."""
     n = len(x)
+    their_model, their_x = theirs or (model, x)
+
+    def ours(fn):
+        def run():
+            with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+                return fn()
+
+        return run
+
+    points = ours(lambda: pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha))()
     fns = {
-        FLOOR_CLEAN: floor_fn(model, x, y, STEPS),
-        FLOOR: floor_fn(model, pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha), y, STEPS),
-        "robustkern pgd": lambda: pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha),
+        FLOOR_CLEAN: ours(floor_fn(model, x, y, STEPS)),
+        FLOOR: ours(floor_fn(model, points, y, STEPS)),
+        "robustkern pgd": ours(lambda: pgd(model, x, y, eps=eps, steps=STEPS, alpha=alpha)),
     }
-    if x.is_cuda and not torch.is_autocast_enabled("cuda"):
-        graphed = GraphedPGD(model, x, y, eps=eps, steps=STEPS, alpha=alpha)
+    if x.is_cuda:
+        graphed = GraphedPGD(model, x, y, eps=eps, steps=STEPS, alpha=alpha, autocast=amp)
         fns["robustkern GraphedPGD (CUDA graph of the step loop)"] = lambda: graphed(x, y)
     if HAS_TA:
         import torchattacks
 
-        ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
-        fns["torchattacks PGD"] = lambda: ta(x, y)
+        ta = torchattacks.PGD(their_model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
+        fns["torchattacks PGD"] = lambda: ta(their_x, y)
     if HAS_FB:
         import foolbox
 
-        fmodel = foolbox.PyTorchModel(model, bounds=(0, 1))
+        fmodel = foolbox.PyTorchModel(their_model, bounds=(0, 1))
         fb = foolbox.attacks.LinfPGD(steps=STEPS, abs_stepsize=alpha, random_start=True)
-        fns["Foolbox LinfPGD"] = lambda: fb(fmodel, x, y, epsilons=eps)
+        fns["Foolbox LinfPGD"] = lambda: fb(fmodel, their_x, y, epsilons=eps)
     if HAS_ART:
-        art = art_pgd(model, x, eps, alpha, batch_size=n)
-        xn, yn = x.cpu().numpy(), y.cpu().numpy()
+        art = art_pgd(their_model, their_x, eps, alpha, batch_size=n)
+        xn, yn = their_x.cpu().numpy(), y.cpu().numpy()
         fns["ART ProjectedGradientDescentPyTorch"] = lambda: art.generate(xn, yn)
     times = interleaved_medians(fns)
     floor = times[FLOOR]
-    ours = times["robustkern pgd"]
+    ours_t = times["robustkern pgd"]
     report.table(
         title, ["implementation", "ms", "image-steps/s", "time / floor", "robustkern speed-up"]
     )
@@ -58,7 +72,7 @@ def throughput_rows(report, title, model, x, y, eps, alpha):
                 f"{t * 1e3:.1f}",
                 f"{n * STEPS / t:,.0f}",
                 f"{t / floor:.3f}",
-                f"{t / ours:.2f}x",
+                f"{t / ours_t:.2f}x",
             ],
         )
 
@@ -134,15 +148,14 @@ def test_pgd10_resnet18_gpu(report, batch, bf16):
     model = models.resnet18().cuda().eval()
     x = torch.rand(batch, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (batch,), device="cuda")
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    title = f"PGD-10 (L-inf, eps 8/255), ResNet-18, batch {batch}, CIFAR-shaped, " + (
-        "bf16 autocast + channels_last (torchattacks row: float32)" if bf16 else "float32"
-    )
     eps = 8 / 255
-    if bf16:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            throughput_rows(report, title, model, x, y, eps, 2.5 * eps / STEPS)
+    title = f"PGD-10 (L-inf, eps 8/255), ResNet-18, batch {batch}, CIFAR-shaped, " + (
+        "ours: bf16 autocast + channels_last; other libraries: float32" if bf16 else "float32"
+    )
+    if bf16:  # the target compares ours in bf16 + channels_last with torchattacks in float32
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x_fast = x.contiguous(memory_format=torch.channels_last)
+        throughput_rows(report, title, fast, x_fast, y, eps, 2.5 * eps / STEPS,
+                        amp=torch.bfloat16, theirs=(model, x))  # fmt: skip
     else:
         throughput_rows(report, title, model, x, y, eps, 2.5 * eps / STEPS)
