@@ -62,14 +62,7 @@ def pgd(
     """
     labels = check_inputs(x, y, bounds)
     n = x.shape[0]
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-    eps = check_eps(eps, n)
-    alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, n, "alpha")
+    eps, alpha = _checked_settings(norm, loss, steps, restarts, eps, alpha, n)
     x_nat = x.detach()
     run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels, shard)
     if n == 0:
@@ -212,12 +205,8 @@ class GraphedPGD:
                 f"GraphedPGD captures a CUDA graph: x must be on a GPU, got {x.device}"
             )
         labels = check_inputs(x, y, bounds)
-        if norm not in NORMS or loss not in LOSSES or steps < 1:
-            raise ValueError(f"norm must be one of {NORMS}, loss one of {LOSSES} and steps >= 1, "
-                             f"got {norm!r}, {loss!r}, {steps}")  # fmt: skip
         n = x.shape[0]
-        self.eps = check_eps(eps, n)
-        alpha = 2.5 * self.eps / steps if alpha is None else check_eps(alpha, n, "alpha")
+        self.eps, alpha = _checked_settings(norm, loss, steps, 1, eps, alpha, n)
         self.x_nat, self.y = x.detach().clone(), y.clone()
         self.x_adv = self.x_nat.clone()
         with torch.no_grad():
@@ -271,6 +260,18 @@ class GraphedPGD:
         self.x_adv.copy_(self._run._start(self.x_nat, self.eps))
         self.graph.replay()
         return self.x_adv.clone()
+
+
+def _checked_settings(norm, loss, steps, restarts, eps, alpha, n) -> tuple:
+    """(eps, alpha) checked, alpha defaulting to 2.5 * eps / steps, after the other options."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+    eps = check_eps(eps, n)
+    return eps, 2.5 * eps / steps if alpha is None else check_eps(alpha, n, "alpha")
 
 
 def _take(v: PerSample, idx: torch.Tensor) -> PerSample:
