@@ -253,7 +253,9 @@ def test_bad_arguments_are_named(digits):
         (dict(epochs=0), "epochs"),
         (dict(weight_decay=(-1.0, 0.0)), "weight_decay"),
         (dict(track=[50]), "track"),
-        (dict(patience=0), "patience"),
+        (dict(weight_decay=(1e-3, 1e-4, 0.0)), r"\(start, end\) pair"),
+        (dict(patience=0), "patience must be None or >= 1"),
+        (dict(patience=2), "patience needs val_data"),  # else it could never stop
         (dict(eps_warmup=11), "eps_warmup"),
     ]:
         with pytest.raises(ValueError, match=match):

@@ -209,6 +209,8 @@ def fit(
     gives the same history as an uninterrupted run. Under DDP only rank 0 writes it.
     """
     spec = _Spec.check(locals())
+    if patience is not None and val_data is None:
+        raise ValueError("patience needs val_data: early stopping watches the validation score")
     trainer = _Trainer(model, train_data, val_data, spec)
     return trainer.run()
 
@@ -273,6 +275,8 @@ class _Spec:
             if args[name] is not None and args[name] < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {args[name]}")
         wd = args["weight_decay"]
+        if isinstance(wd, (tuple, list)) and len(wd) != 2:
+            raise ValueError(f"weight_decay must be a number or a (start, end) pair, got {wd}")
         if any(w < 0 for w in (wd if isinstance(wd, (tuple, list)) else (wd,))):
             raise ValueError(f"weight_decay must be >= 0, got {wd}")
         if isinstance(wd, (tuple, list)):
