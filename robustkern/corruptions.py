@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from robustkern._io import pyplot, save_figure
+from robustkern.attacks._common import check_model_labels
 from robustkern.evaluation import eval_mode, model_device
 from robustkern.fourier import band_filter
 
@@ -398,8 +399,11 @@ def corruption_report(
     unknown = [c for c in corruptions if c not in PARAMETERS]
     if unknown:
         raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"x must be a floating tensor of images (N, C, H, W), got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chosen = table_for(*x.shape[-2:]) if table == "auto" else table
@@ -419,6 +423,7 @@ def corruption_report(
     with torch.inference_mode(), ExitStack() as stack:
         for m in models:
             stack.enter_context(eval_mode(m))
+            check_model_labels(m, x, y)
         clean = accuracy(lambda xb: xb)
         for name, severity in tqdm(cells, desc="corruptions", disable=not progress):
             g = torch.Generator(device=device).manual_seed(

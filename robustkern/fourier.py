@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from robustkern import ops
 from robustkern._io import atomic_torch_save, pyplot, save_figure
+from robustkern.attacks._common import check_model_labels
 from robustkern.evaluation import eval_mode, model_device
 
 Bounds = tuple[float, float]
@@ -125,7 +126,7 @@ def heatmap(
     device = torch.device(device) if device is not None else model_device(model)
     if batch_size is None:
         batch_size = 256 if device.type == "cpu" else 4096
-    n, c, h, w = _check_images(x, y, eps, batch_size)
+    n, c, h, w = _check_images(x, eps, batch_size)
     reps = distinct_frequencies(h, w)
     freqs = frequency_grid(h, w).view(-1, 2)[reps]
     fingerprint = _fingerprint(model, x, y, eps=eps, bounds=bounds, seed=seed)
@@ -134,6 +135,7 @@ def heatmap(
     per_batch = max(1, batch_size // images)  # frequencies per model batch
     todo = (~done).nonzero().squeeze(1)
     with eval_mode(model), torch.inference_mode():
+        check_model_labels(model, x, y)
         chunks = todo.split(per_batch)
         for chunk in tqdm(chunks, desc="fourier heat map", disable=not progress, unit="batch"):
             wrong = torch.zeros(len(chunk), dtype=torch.int64, device=device)
@@ -314,16 +316,11 @@ def filtered_training_experiment(
     return FilteredTraining(accuracy, low_radius, high_radius)
 
 
-def _check_images(x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int) -> tuple:
+def _check_images(x: torch.Tensor, eps: float, batch_size: int) -> tuple:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise ValueError(
             f"x must be a floating tensor of images (N, C, H, W), got "
             f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
-        )
-    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
-        raise ValueError(
-            f"y must be an integer tensor of labels with shape ({x.shape[0]},), got "
-            f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}"
         )
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")

@@ -172,6 +172,9 @@ BAD = [
     ("needs lo <= hi", {}, dict(bounds=(1.0, 0.0))),
     ("y must have shape", dict(y=torch.zeros(3, dtype=torch.int64)), {}),
     ("y must be an int64 tensor", dict(y=torch.zeros(4)), {}),
+    ("y must be an int64 tensor", dict(y=torch.zeros(4, dtype=torch.int32)), {}),
+    ("eps=inf needs a finite alpha", {}, dict(eps=float("inf"))),
+    ("alpha; got inf", {}, dict(alpha=float("inf"))),
     ("norm must be one of", {}, dict(norm="l1")),
     ("per-sample eps must have shape", {}, dict(eps=torch.ones(3))),
     ("x must lie within bounds", dict(x=torch.rand(4, 6) + 0.5), {}),
@@ -186,6 +189,15 @@ def test_bad_input_is_a_clear_error(message, inputs, kwargs):
     args = {"x": torch.rand(4, 6), "y": torch.zeros(4, dtype=torch.int64), **inputs}
     with pytest.raises(ValueError, match=message):
         pgd(model, args["x"], args["y"], **{"eps": 0.1, **kwargs})
+
+
+def test_unbounded_pgd_takes_an_explicit_alpha_and_fgsm_refuses_inf():
+    model = models.fc(6, 10, hidden=(8,))
+    x, y = torch.rand(4, 6), torch.zeros(4, dtype=torch.int64)
+    x_adv = pgd(model, x, y, eps=float("inf"), alpha=0.1, steps=3)
+    assert x_adv.isfinite().all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    with pytest.raises(ValueError, match="needs a finite eps"):
+        fgsm(model, x, y, eps=float("inf"))
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "adam_pgd", "square", "min_norm", "lbfgs"])

@@ -210,6 +210,11 @@ def test_report_restores_model_mode_and_checks_names(digits, model):
     model.eval()
     with pytest.raises(ValueError, match="unknown corruption"):
         C.corruption_report(model, x, y, corruptions=["frost"], progress=False)
+    # labels the accuracy could not count right (2-D ones broadcast to a 10 x 10 comparison)
+    for labels, match in [(y[:10, None], "shape"), (y[:10] + 10, "labels must lie in"),
+                          (y[:10].float(), "int64")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            C.corruption_report(model, x[:10], labels, corruptions=["contrast"], progress=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -88,6 +88,44 @@ def test_cascade_options_are_checked(digits_model):
         robustkern.evaluate(model, (x, y), "strongest", eps=0.1, progress=False)
 
 
+def test_per_example_eps_follows_the_examples_through_batches(digits_model):
+    model, x, y = digits_model
+    x, y = x[:60], y[:60]
+    radii = (0.0, 0.05, 0.2)
+    eps = torch.tensor(radii).repeat_interleave(len(x))
+    xs, ys = x.repeat(3, 1, 1, 1), y.repeat(3)
+    options = {"steps": 5, "random_start": False, "progress": False}  # deterministic PGD
+    mixed = robustkern.evaluate(model, (xs, ys), "pgd", eps=eps, batch_size=45, **options)
+    for i, e in enumerate(radii):
+        alone = robustkern.evaluate(model, (x, y), "pgd", eps=e, **options)
+        assert torch.equal(mixed.robust_correct[i * 60 : (i + 1) * 60], alone.robust_correct)
+    # a cascade slices them per stage too: no point with eps 0 is broken, most with eps 0.2 are
+    fast = robustkern.evaluate(model, (xs, ys), "fast", eps=eps, batch_size=45, steps=5,
+                               progress=False).robust_correct.view(3, 60)  # fmt: skip
+    assert torch.equal(fast[0], mixed.clean_correct[:60])
+    assert fast[2].sum() < fast[1].sum() < fast[0].sum()
+
+
+def test_evaluate_checks_data_labels_and_per_example_options(digits_model):
+    model, x, y = digits_model
+    with pytest.raises(ValueError, match=r"y must have shape \(200,\)"):
+        robustkern.evaluate(model, (x, y[:, None]), "pgd", eps=0.1, progress=False)
+    with pytest.raises(ValueError, match="int64"):
+        robustkern.evaluate(model, (x, y.int()), "none", progress=False)
+    for attack in ("none", "pgd"):  # no point would be attacked: every one "misclassified"
+        with pytest.raises(ValueError, match="labels must lie in"):
+            robustkern.evaluate(model, (x, y + 10), attack, eps=0.1, progress=False)
+    with pytest.raises(ValueError, match="no examples"):
+        robustkern.evaluate(model, (x[:0], y[:0]), "pgd", eps=0.1, progress=False)
+    with pytest.raises(ValueError, match=r"one value per example \(200\), got 199"):
+        robustkern.evaluate(model, (x, y), "pgd", eps=torch.full((199,), 0.1), progress=False)
+    shuffled = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=50, shuffle=True
+    )
+    with pytest.raises(ValueError, match="fixed order"):
+        robustkern.evaluate(model, shuffled, "pgd", eps=torch.full((200,), 0.1), progress=False)
+
+
 def test_transfer_table_beats_noise_of_the_same_size(digits_model):
     model, x, y = digits_model
     torch.manual_seed(1)

@@ -273,7 +273,8 @@ def test_heatmap_resumes_after_a_kill(tmp_path):
     got = fourier.heatmap(resumed, x, y, eps=2.0, batch_size=40, checkpoint=ckpt, progress=False)
     assert torch.equal(got, full)
     batches = math.ceil(len(fourier.distinct_frequencies(8, 8)) / 2)
-    assert resumed.seen == batches - 5  # only what was left
+    # each run first checks the labels on one image; the killed run then did 4 batches
+    assert resumed.seen == 1 + batches - 4  # only what was left
 
 
 def test_heatmap_refuses_a_foreign_or_corrupt_checkpoint(tmp_path):
@@ -297,10 +298,15 @@ def test_heatmap_refuses_a_foreign_or_corrupt_checkpoint(tmp_path):
 def test_heatmap_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fourier.heatmap(_small_model(), torch.rand(2, 1, 8, 8), torch.zeros(2).long(), **kwargs)
-    with pytest.raises(ValueError, match="y must be"):
+    with pytest.raises(ValueError, match="y must have shape"):
         fourier.heatmap(_small_model(), torch.rand(2, 1, 8, 8), torch.zeros(3).long(), eps=1.0)
     with pytest.raises(ValueError, match="x must be"):
         fourier.heatmap(_small_model(), torch.rand(2, 8, 8), torch.zeros(2).long(), eps=1.0)
+    x = torch.rand(2, 1, 8, 8)
+    for y, match in [(torch.zeros(2, 1).long(), "shape"), (torch.zeros(2).int(), "int64"),
+                     (torch.tensor([0, 99]), "labels must lie in")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):  # else: silently counted as errors
+            fourier.heatmap(_small_model(), x, y, eps=1.0, progress=False)
 
 
 def test_radial_profile_averages_rings_from_low_to_high():

@@ -19,12 +19,7 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> tuple[int,
             f"x must be a floating tensor (N, ...), got "
             f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
         )
-    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"y must be an int64 tensor of class labels, got {getattr(y, 'dtype', y)}")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    if y.device != x.device:
-        raise ValueError(f"y must be on x's device {x.device}, got {y.device}")
+    check_label_tensor(x, y)
     lo, hi = bounds
     if not (lo <= hi):
         raise ValueError(f"bounds=(lo, hi) needs lo <= hi, got {bounds}")
@@ -43,6 +38,45 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> tuple[int,
             "normalised inputs, or (-inf, inf))"
         )
     return int(y_lo), int(y_hi)
+
+
+def check_label_tensor(x: torch.Tensor, y: torch.Tensor) -> None:
+    """y: int64 labels (what cross_entropy and gather take), one per row of x, on x's device.
+    No host sync (the label range is checked by check_inputs and check_labels)."""
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+        raise ValueError(
+            f"y must be an int64 tensor of class labels, got {getattr(y, 'dtype', type(y))}"
+            " (y.long() converts integer labels)"
+        )
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"y must be on x's device {x.device}, got {y.device}")
+
+
+def label_range(y: torch.Tensor) -> tuple[int, int]:
+    """(min, max) label, (0, 0) for no labels: one host sync."""
+    if y.numel() == 0:
+        return 0, 0
+    lo, hi = torch.stack([y.min(), y.max()]).tolist()
+    return int(lo), int(hi)
+
+
+def check_model_labels(model, x: torch.Tensor, y: torch.Tensor) -> None:
+    """For whole-dataset scores (accuracy under noise, corruptions): y holds int64 labels, one
+    per image, that index the model's outputs (one forward of one image, model in eval mode).
+    A label the model cannot output would count as an error, silently."""
+    check_label_tensor(x, y)
+    if len(x):
+        with torch.no_grad():
+            logits = model(x[:1].to(model_device(model)))
+        check_logits(logits, 1, label_range(y))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def check_logits(logits: torch.Tensor, n: int, labels: tuple[int, int]) -> None:

@@ -271,7 +271,12 @@ def _checked_settings(norm, loss, steps, restarts, eps, alpha, n) -> tuple:
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
     eps = check_eps(eps, n)
-    return eps, 2.5 * eps / steps if alpha is None else check_eps(alpha, n, "alpha")
+    if alpha is not None:
+        return eps, check_eps(alpha, n, "alpha", finite=True)
+    unbounded = bool(eps.isinf().any()) if isinstance(eps, torch.Tensor) else eps == float("inf")
+    if unbounded:
+        raise ValueError("eps=inf needs a finite alpha (the default is 2.5 * eps / steps)")
+    return eps, 2.5 * eps / steps
 
 
 def _take(v: PerSample, idx: torch.Tensor) -> PerSample:

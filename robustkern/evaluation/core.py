@@ -8,10 +8,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from tqdm.auto import tqdm
 
 from robustkern import attacks
+from robustkern.attacks._common import check_label_tensor, check_logits, label_range, model_device
 
 Data = tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -116,14 +117,16 @@ def evaluate(
     cascade, "standard" (APGD-CE, targeted APGD-DLR, Square: the reliable evaluation) or "fast"
     (the two APGD attacks); cascades report how many points each attack broke.
     ``attack_kwargs`` go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``; cascades take
-    eps, norm, bounds, generator, steps and restarts for APGD, queries for Square). Only
+    eps, norm, bounds, generator, steps and restarts for APGD, queries for Square). A 1-D
+    tensor option (eps, alpha) holds one value per example of ``data``, in its order. Only
     correctly classified samples are attacked. The model runs in eval mode and its mode is
     restored after. ``autocast``: e.g. ``torch.bfloat16`` runs the model under
     ``torch.autocast`` (faster; keep the float32 default for numbers meant to be compared).
     """
     attack_fn, name = outcome_fn(attack, attack_kwargs)
     device = torch.device(device) if device is not None else model_device(model)
-    clean, robust = [], []
+    per_example = _per_example_options(attack_kwargs, data)
+    clean, robust, seen = [], [], 0
     start = time.perf_counter()
     amp = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
     with eval_mode(model), amp:
@@ -132,19 +135,27 @@ def evaluate(
             batches, total=total, desc=f"evaluate ({name})", disable=not progress, unit="batch"
         ):
             x, y = x.to(device), y.to(device)
+            check_label_tensor(x, y)
             with torch.no_grad():
-                ok = model(x).argmax(dim=1) == y
+                logits = model(x)
+            # unchecked, a label the model cannot output would just count as misclassified
+            check_logits(logits, len(x), label_range(y))
+            ok = logits.argmax(dim=1) == y
             still = ok.clone()
             idx = ok.nonzero().squeeze(1)
             if idx.numel() and attack_fn is not None:
-                _, fooled = attack_fn(model, x[idx], y[idx])
+                rows = idx + seen  # the attacked examples' positions in data
+                own = {k: v[rows.to(v.device)].to(device) for k, v in per_example.items()}
+                _, fooled = attack_fn(model, x[idx], y[idx], **own)
                 still[idx] = ~fooled
+            seen += len(x)
             clean.append(ok.cpu())
             robust.append(still.cpu())
-    empty = torch.zeros(0, dtype=torch.bool)
+    if seen == 0:
+        raise ValueError("data holds no examples")
     return Evaluation(
-        torch.cat(clean) if clean else empty,
-        torch.cat(robust) if robust else empty,
+        torch.cat(clean),
+        torch.cat(robust),
         time.perf_counter() - start,
         name,
         dict(attack_kwargs),
@@ -154,19 +165,18 @@ def evaluate(
 
 def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, str]:
     """``attack`` (a name of ``ATTACKS`` or a callable) with its options, as a function
-    ``(model, x, y) -> (x_adv, fooled)`` (None for "none"), and its name."""
+    ``(model, x, y, **own) -> (x_adv, fooled)`` (None for "none"), and its name; ``own``
+    replaces options for one call (a batch's slice of per-example eps)."""
     if callable(attack):
-        return _with_success(lambda m, x, y: attack(m, x, y, **kwargs)), getattr(
-            attack, "__name__", "custom"
-        )
+        return _with_success(attack, kwargs), getattr(attack, "__name__", "custom")
     if attack == "none":
         return None, "none"
     if attack in _REPORTING:
         fn, stops = _REPORTING[attack]
         kwargs = {**({"early_stop": True} if stops else {}), **kwargs, "return_success": True}
-        return (lambda m, x, y: fn(m, x, y, **kwargs)), attack
+        return (lambda m, x, y, **own: fn(m, x, y, **(kwargs | own))), attack
     if attack == "fgsm":
-        return _with_success(lambda m, x, y: attacks.fgsm(m, x, y, **kwargs)), "fgsm"
+        return _with_success(attacks.fgsm, kwargs), "fgsm"
     if attack in PRESETS:
         return Cascade(attack, **kwargs), attack
     raise ValueError(f"attack must be one of {ATTACKS} or a callable, got {attack!r}")
@@ -198,7 +208,8 @@ class Cascade:
         self.kwargs = kwargs
         self.broken_by = {name: 0 for name, _ in self.stages}
 
-    def __call__(self, model, x, y):
+    def __call__(self, model, x, y, **own):
+        kwargs = self.kwargs | own
         x_adv = x.detach().clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for name, options in self.stages:
@@ -206,35 +217,30 @@ class Cascade:
             if idx.numel() == 0:
                 break
             family = name.split("-")[0]
-            own = {k: v for k, v in self.kwargs.items() if k in _SHARED + _OWN[family]}
-            own = {**options, **own}  # the user's budget overrides the preset's
-            if isinstance(own["eps"], torch.Tensor) and own["eps"].ndim == 1:
-                own["eps"] = own["eps"][idx]  # one radius per sample: keep the attacked ones'
+            stage = {k: v for k, v in kwargs.items() if k in _SHARED + _OWN[family]}
+            stage = {**options, **stage}  # the user's budget overrides the preset's
+            if isinstance(stage["eps"], torch.Tensor) and stage["eps"].ndim == 1:
+                stage["eps"] = stage["eps"][idx]  # one radius per sample: the attacked ones'
             if family == "apgd":
-                xa, hit = attacks.apgd(model, x[idx], y[idx], **own, early_stop=True,
+                xa, hit = attacks.apgd(model, x[idx], y[idx], **stage, early_stop=True,
                                        return_success=True)  # fmt: skip
             else:
-                xa, hit = attacks.square(model, x[idx], y[idx], **own, return_success=True)
+                xa, hit = attacks.square(model, x[idx], y[idx], **stage, return_success=True)
             x_adv[idx], fooled[idx] = xa, hit
             self.broken_by[name] += int(hit.sum())
         return x_adv, fooled
 
 
-def _with_success(attack_fn: AttackFn) -> _Outcome:
-    """Wraps an attack returning x_adv so that it also returns "misclassified at x_adv"."""
+def _with_success(attack_fn: AttackFn, kwargs: dict) -> _Outcome:
+    """``attack_fn`` (returning x_adv) with its options, also returning "misclassified at
+    x_adv"."""
 
-    def run(model, x, y):
-        x_adv = attack_fn(model, x, y)
+    def run(model, x, y, **own):
+        x_adv = attack_fn(model, x, y, **(kwargs | own))
         with torch.no_grad():
             return x_adv, model(x_adv).argmax(dim=1) != y
 
     return run
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @contextmanager
@@ -246,6 +252,25 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def _per_example_options(options: dict, data: Data) -> dict[str, torch.Tensor]:
+    """The 1-D tensor options (one value per example of ``data``), checked against its length
+    and order."""
+    per_example = {k: v for k, v in options.items() if isinstance(v, torch.Tensor) and v.dim() == 1}
+    if not per_example:
+        return {}
+    if isinstance(data, DataLoader) and not isinstance(data.sampler, SequentialSampler):
+        raise ValueError(
+            f"per-example {sorted(per_example)} need the data in a fixed order: pass an (x, y) "
+            "pair, a Dataset, or a DataLoader that does not shuffle"
+        )
+    source = data.dataset if isinstance(data, DataLoader) else data
+    n = len(source[0]) if isinstance(source, (tuple, list)) else len(source)
+    for k, v in per_example.items():
+        if len(v) != n:
+            raise ValueError(f"per-example {k} must have one value per example ({n}), got {len(v)}")
+    return per_example
 
 
 def _batches(data: Data, batch_size: int) -> tuple[Iterable, int | None]:
