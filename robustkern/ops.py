@@ -115,7 +115,10 @@ def fourier_perturb(
     None for all +1. ``out.flatten(0, 1)`` is a model-ready batch (N images per frequency, in
     x's memory format: channels_last in, channels_last out). The basis is synthesised on the
     fly; no basis bank is built."""
-    freqs = torch.as_tensor(freqs, dtype=torch.int64, device=x.device)
+    freqs = torch.as_tensor(freqs, device=x.device)
+    if freqs.is_floating_point() or freqs.is_complex():  # 1.5 would be truncated to 1
+        raise ValueError(f"freqs must be integer (i, j) offsets, got {freqs.dtype}")
+    freqs = freqs.to(torch.int64)
     return torch.ops.robustkern.fourier_perturb(x, freqs, float(eps), signs, *_bounds(bounds))
 
 

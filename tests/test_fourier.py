@@ -175,6 +175,11 @@ def test_bad_input_names_the_problem(args, match):
         OP(x, freqs, *rest)
 
 
+def test_wrapper_refuses_fractional_frequencies():  # int64 conversion would truncate 1.5 to 1
+    with pytest.raises(ValueError, match="integer"):
+        ops.fourier_perturb(torch.rand(1, 1, 4, 4), torch.tensor([[1.5, 0.0]]), eps=1.0)
+
+
 # ---- heat map ----------------------------------------------------------------------------
 
 

@@ -116,6 +116,8 @@ def test_one_run_gives_the_robust_accuracy_curve(digits_model):
     _, fooled = apgd(model, x, y, eps=0.1, return_success=True)
     assert accs[2] == pytest.approx(1 - fooled.float().mean().item(), abs=0.05)
     assert robust_accuracy_curve(torch.tensor([0.1, float("inf")]), [0.5]) == [(0.5, 0.5)]
+    with pytest.raises(ValueError, match="every eps must be >= 0"):
+        robust_accuracy_curve(d, [0.1, -1.0])
 
 
 def test_average_distortion_is_szegedys_measure():

@@ -129,6 +129,9 @@ def robust_accuracy_curve(
     """(eps, robust accuracy) for each eps from per-sample minimum adversarial distances (0 for
     misclassified samples, inf where none was found): a sample is robust at eps when its
     distance exceeds eps. One minimum-norm run gives the whole curve."""
+    eps = [float(e) for e in eps]
+    if any(not e >= 0 for e in eps):  # NaN too
+        raise ValueError(f"every eps must be >= 0, got {eps}")
     d = distances.detach().float().cpu()
     if d.numel() == 0:
         return [(float(e), float("nan")) for e in eps]
