@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.baselines import HAS_FB
-from bench.timing import interleaved_medians
+from bench.timing import GradientRows, interleaved_medians
 from robustkern import attacks, evaluate
 from robustkern.sweep.config import AttackSpec
 from robustkern.sweep.engine import evaluate_group
@@ -74,27 +74,19 @@ def sweep_runs(model, x, y, steps: int) -> dict:
 def test_eps_sweep_sharing_cpu(report, mnist_cnn, steps, rounds):
     model, xt, yt = mnist_cnn
     x, y = xt[:N], yt[:N]
-    curves, rows, grad_rows = {}, {}, [0]
-
-    def count(module, args):  # examples through a forward that will be backpropagated
-        grad_rows[0] += len(args[0]) if torch.is_grad_enabled() else 0
+    curves = {}
 
     def keep(name, run):
         def timed():
-            grad_rows[0] = 0
             curves[name] = run()
-            rows[name] = grad_rows[0]
 
         return timed
 
     runs = sweep_runs(model, x, y, steps)
-    hook = model.register_forward_pre_hook(count)
-    try:
-        times = interleaved_medians(
-            {name: keep(name, run) for name, run in runs.items()}, rounds, warm_up=steps <= 10
-        )
-    finally:
-        hook.remove()
+    with GradientRows(model) as counter:
+        fns = {name: counter.wrap(name, keep(name, run)) for name, run in runs.items()}
+        times = interleaved_medians(fns, rounds, warm_up=steps <= 10)
+    rows = counter.rows
     title = (
         f"Eps sweep: L-inf PGD-{steps} at 8 eps ({EPS[0]}..{EPS[-1]}), small CNN, {N} mnist-5k "
         f"images, CPU float32 (median of {rounds})"

@@ -56,3 +56,34 @@ def floor_fn(model, x: torch.Tensor, y: torch.Tensor, passes: int):
 
     labels = (0, int(y.max()))
     return lambda: [input_grad(model, x, y, "ce", False, labels) for _ in range(passes)]
+
+
+class GradientRows:
+    """Counts the examples a model sends through forwards that will be backpropagated (grad
+    mode on): a machine-independent measure of an attack's work. ``wrap(name, fn)`` returns fn
+    recording that count for its last call in ``rows[name]``; the hook lives inside ``with``.
+    It sits on the model's first leaf module (a Sequential's first layer): ART calls a
+    Sequential's layers one by one, never the model itself."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.first = next(m for m in model.modules() if not any(m.children()))
+        self.count, self.rows = 0, {}
+
+    def __enter__(self) -> "GradientRows":
+        self.hook = self.first.register_forward_pre_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hook.remove()
+
+    def _count(self, module, args) -> None:
+        self.count += len(args[0]) if torch.is_grad_enabled() else 0
+
+    def wrap(self, name: str, fn):
+        def run():
+            self.count = 0
+            out = fn()
+            self.rows[name] = self.count
+            return out
+
+        return run
