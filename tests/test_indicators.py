@@ -1,6 +1,8 @@
 """Gradient-masking indicators: deliberately masked models trip the matching indicator, an
 honest small CNN trips none."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -43,6 +45,22 @@ def test_an_honest_cnn_trips_none(digits_model):
     assert len(found) == 10
     assert all(i.verdict == "pass" for i in found.values()), [str(i) for i in found.values()]
     assert "reaches chance" in found["robust accuracy vs eps"].detail
+
+
+def test_a_batchnorm_model_left_in_train_mode_is_scored_in_eval_mode(digits_model):
+    # Train-mode BatchNorm normalises by the batch: its first forward differed from the eval-mode
+    # ones (a false "randomised outputs") and updated the running statistics.
+    model, x, y = digits_model
+    with_bn = nn.Sequential(model[0], nn.BatchNorm2d(model[0].out_channels), *model[1:])
+    with torch.no_grad():  # running stats unlike the batch's, so train mode shows
+        with_bn[1].running_mean.fill_(0.3)
+    with_bn.train()
+    before = copy.deepcopy(with_bn.state_dict())
+    found = verdicts(with_bn, x[:60], y[:60])
+    assert found["randomised outputs"].verdict == "pass", found["randomised outputs"].detail
+    assert with_bn.training
+    for k, v in with_bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 @pytest.mark.parametrize("trap", sorted(MASKED))

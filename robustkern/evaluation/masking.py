@@ -63,8 +63,9 @@ def indicators(
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     device = model_device(model)
     x, y = x.detach().to(device), y.to(device)
-    checks = _Checks(model, x, y, norm, float(eps), bounds, steps, queries, samples, seed, labels)
-    with eval_mode(model):
+    with eval_mode(model):  # before the first forward: train-mode BatchNorm would differ
+        checks = _Checks(model, x, y, norm, float(eps), bounds, steps, queries, samples, seed,
+                         labels)  # fmt: skip
         out = [checks.softmax_outputs(), checks.randomised_outputs(), checks.zero_gradients()]
         out += [checks.silent_success(), checks.black_box(), checks.single_step()]
         out += [checks.random_sampling(), checks.more_steps(), checks.unbounded()]
