@@ -1,6 +1,7 @@
 """The robustness test suite: every check runs and reports, the report follows its schema and
 renders, failures stay inside their check, finished checks survive a kill."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -126,6 +127,25 @@ def test_the_contrast_between_a_standard_and_a_trained_model(full_report):
 
 def two_names():
     return ["standard", "fgsm-rs"]
+
+
+def test_models_are_checked_in_eval_mode_and_left_as_they_were(two_models, digits, tmp_path):
+    # A train-mode BatchNorm model: any check attacking it outside eval mode would score batch
+    # statistics and update its running ones (the attacks leave the mode as the caller set it).
+    _, _, xt, yt = digits
+    std = two_models["standard"]
+    model = torch.nn.Sequential(std[0], torch.nn.BatchNorm2d(std[0].out_channels), *std[1:])
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.3)
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    per_model = [c.name for c in suite.CHECKS if c.per_model]
+    result = suite.run_suite({"bn": model}, (xt, yt), checks=per_model, eps=0.1, quick=True,
+                             out=tmp_path, progress=False)  # fmt: skip
+    assert [c["error"] for c in result["checks"] if c["error"]] == []
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_missing_inputs_are_reported_not_dropped(two_models, digits, tmp_path):

@@ -9,6 +9,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 import robustkern
 from robustkern._io import atomic_write_text
 from robustkern.data import eps_text
-from robustkern.evaluation import model_device
+from robustkern.evaluation import eval_mode, model_device
 from robustkern.suite import attacking, fitting, internals, shifts
 from robustkern.suite.core import Check, Skip, Suite, Threat, literature_threats
 from robustkern.suite.report import SCHEMA, json_safe, terminal_table, validate, write_html
@@ -161,39 +162,45 @@ def run_suite(
     device = model_device(next(iter(models.values())))
     threats = _threats(tuple(x.shape[1:]), norm, eps, bounds)
     out = Path(out)
-    suite = Suite(
-        models, x.to(device), y.to(device), threats[0], threats, out,
-        x_train=None if train_data is None else train_data[0],
-        y_train=None if train_data is None else train_data[1],
-        factory=factory, tradeoff=_load_tradeoff(tradeoff), layer=layer, bounds=bounds,
-        quick=quick, seed=seed,
-    )  # fmt: skip
-    report = {
-        "schema": SCHEMA, "robustkern": robustkern.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": _fingerprint(suite), "device": str(device), "seconds": 0.0,
-        "quick": quick,
-        "data": {"name": data_name, "test_images": len(x), "shape": list(x.shape[1:]),
-                 "train_images": None if train_data is None else len(train_data[0]),
-                 "classes": suite.num_classes},
-        "models": [{"name": k, "parameters": sum(p.numel() for p in m.parameters())}
-                   for k, m in models.items()],
-        "threat": {"norm": threats[0].norm, "eps": threats[0].eps, "source": threats[0].source},
-        "checks": suite.results,
-    }  # fmt: skip
-    finished = _finished(out, report["fingerprint"]) if resume else {}
-    tasks = [(c, name) for c in CHECKS if c.name in chosen
-             for name in (models if c.per_model else [None])]  # fmt: skip
-    start = time.perf_counter()
-    bar = tqdm(tasks, desc="suite", disable=not progress, unit="check")
-    for check, name in bar:
-        bar.set_postfix_str(check.name + (f" ({name})" if name else ""))
-        entry = finished.get((check.name, name)) or _run(check, suite, name)
-        suite.results.append(entry)
-        report["seconds"] = (
-            time.perf_counter() - start + sum(e["seconds"] for e in finished.values())
-        )
-        atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=False))
+    # Every check sees the models in eval mode, restored at the end: a check that called an
+    # attack on a train-mode BatchNorm model would score batch statistics and update the
+    # model's running ones.
+    with ExitStack() as modes:
+        for m in models.values():
+            modes.enter_context(eval_mode(m))
+        suite = Suite(
+            models, x.to(device), y.to(device), threats[0], threats, out,
+            x_train=None if train_data is None else train_data[0],
+            y_train=None if train_data is None else train_data[1],
+            factory=factory, tradeoff=_load_tradeoff(tradeoff), layer=layer, bounds=bounds,
+            quick=quick, seed=seed,
+        )  # fmt: skip
+        report = {
+            "schema": SCHEMA, "robustkern": robustkern.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "fingerprint": _fingerprint(suite), "device": str(device), "seconds": 0.0,
+            "quick": quick,
+            "data": {"name": data_name, "test_images": len(x), "shape": list(x.shape[1:]),
+                     "train_images": None if train_data is None else len(train_data[0]),
+                     "classes": suite.num_classes},
+            "models": [{"name": k, "parameters": sum(p.numel() for p in m.parameters())}
+                       for k, m in models.items()],
+            "threat": {"norm": threats[0].norm, "eps": threats[0].eps, "source": threats[0].source},
+            "checks": suite.results,
+        }  # fmt: skip
+        finished = _finished(out, report["fingerprint"]) if resume else {}
+        tasks = [(c, name) for c in CHECKS if c.name in chosen
+                 for name in (models if c.per_model else [None])]  # fmt: skip
+        start = time.perf_counter()
+        bar = tqdm(tasks, desc="suite", disable=not progress, unit="check")
+        for check, name in bar:
+            bar.set_postfix_str(check.name + (f" ({name})" if name else ""))
+            entry = finished.get((check.name, name)) or _run(check, suite, name)
+            suite.results.append(entry)
+            report["seconds"] = (
+                time.perf_counter() - start + sum(e["seconds"] for e in finished.values())
+            )
+            atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=False))
     validate(report)
     write_html(report, out)
     return report
