@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from robustkern._io import pyplot, save_figure
-from robustkern.attacks._common import check_model_labels
+from robustkern.attacks._common import check_images, check_model_labels
 from robustkern.evaluation import eval_mode, model_device
 from robustkern.fourier import band_filter
 
@@ -110,11 +110,7 @@ def corrupt(
         raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(
-            f"x must be a floating tensor of images (N, C, H, W), got "
-            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
-        )
+    check_images(x)
     lo, hi = float(bounds[0]), float(bounds[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"bounds must be finite with lo < hi, got {bounds}")
@@ -399,11 +395,7 @@ def corruption_report(
     unknown = [c for c in corruptions if c not in PARAMETERS]
     if unknown:
         raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(
-            f"x must be a floating tensor of images (N, C, H, W), got "
-            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
-        )
+    check_images(x)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chosen = table_for(*x.shape[-2:]) if table == "auto" else table

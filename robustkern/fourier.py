@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from robustkern import ops
 from robustkern._io import atomic_torch_save, pyplot, save_figure
-from robustkern.attacks._common import check_model_labels
+from robustkern.attacks._common import check_images, check_model_labels
 from robustkern.evaluation import eval_mode, model_device
 
 Bounds = tuple[float, float]
@@ -126,7 +126,7 @@ def heatmap(
     device = torch.device(device) if device is not None else model_device(model)
     if batch_size is None:
         batch_size = 256 if device.type == "cpu" else 4096
-    n, c, h, w = _check_images(x, eps, batch_size)
+    n, c, h, w = _check_heatmap_args(x, eps, batch_size)
     reps = distinct_frequencies(h, w)
     freqs = frequency_grid(h, w).view(-1, 2)[reps]
     fingerprint = _fingerprint(model, x, y, eps=eps, bounds=bounds, seed=seed)
@@ -316,12 +316,8 @@ def filtered_training_experiment(
     return FilteredTraining(accuracy, low_radius, high_radius)
 
 
-def _check_images(x: torch.Tensor, eps: float, batch_size: int) -> tuple:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(
-            f"x must be a floating tensor of images (N, C, H, W), got "
-            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
-        )
+def _check_heatmap_args(x: torch.Tensor, eps: float, batch_size: int) -> tuple:
+    check_images(x)
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     if batch_size < 1:

@@ -40,6 +40,15 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> tuple[int,
     return int(y_lo), int(y_hi)
 
 
+def check_images(x: torch.Tensor) -> None:
+    """x: a floating batch of images (N, C, H, W)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"x must be a floating tensor of images (N, C, H, W), got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
+
+
 def check_label_tensor(x: torch.Tensor, y: torch.Tensor) -> None:
     """y: int64 labels (what cross_entropy and gather take), one per row of x, on x's device.
     No host sync (the label range is checked by check_inputs and check_labels)."""
