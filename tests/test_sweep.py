@@ -436,3 +436,29 @@ share = "batch"
     small = evaluate(cnn, (x, y), "fast", eps=0.02, steps=5, progress=False).robust_accuracy
     assert acc[0.2] < 0.2 < acc[0.02]  # each row attacked at its own eps
     assert abs(acc[0.02] - small) <= 0.05
+
+
+def test_batchnorm_models_sweep_as_factory_and_as_exported_files(tmp_path):
+    """num_batches_tracked is a 0-dim buffer: fingerprinting it crashed every BatchNorm sweep."""
+    torch.manual_seed(0)
+    net = models.small_resnet(1, 10).eval()
+    torch.save(net.state_dict(), tmp_path / "resnet.pt")
+    x = torch.rand(4, 1, 8, 8)
+    torch.jit.trace(net, x).save(tmp_path / "resnet.ts")
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(net, (x,), dynamic_shapes={"input": {0: batch}})
+    torch.export.save(program, tmp_path / "resnet.pt2")
+    factory = (
+        '[[models]]\nname = "factory"\nfactory = "robustkern.models:small_resnet"\n'
+        'kwargs = { in_channels = 1, num_classes = 10 }\nweights = "resnet.pt"\n'
+    )
+    files = "".join(f'[[models]]\nname = "{n}"\nfile = "resnet.{n}"\n' for n in ("ts", "pt2"))
+    path = write_sweep(tmp_path, factory + files + PGD.replace("steps = 5", "steps = 2"), limit=40)
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    with sweep.Store(tmp_path / "results.db") as db:
+        cells = db.cells()
+    assert len(cells) == 9
+    # the same weights give the same outcomes whichever way the model arrives
+    by_model = {m: sorted((c["eps"], c["robust_accuracy"]) for c in cells if c["model"] == m)
+                for m in ("factory", "ts", "pt2")}  # fmt: skip
+    assert by_model["factory"] == by_model["ts"] == by_model["pt2"]
