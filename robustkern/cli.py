@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -30,9 +31,21 @@ from robustkern._io import atomic_torch_save, atomic_write_text
 from robustkern.attacks import NORMS
 from robustkern.attacks._common import LOSSES
 from robustkern.attacks.apgd import APGD_LOSSES
+from robustkern.checks import check_model_fits
 from robustkern.data import eps_text
 
 DEFAULT_EPOCHS = 10
+
+
+def real(text: str) -> float:
+    """A float, or a fraction as the literature writes radii: ``8/255``."""
+    try:
+        return float(text)
+    except ValueError:
+        try:
+            return float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(text) from None
 
 
 def at_least(minimum: float, kind: type = int):
@@ -51,7 +64,7 @@ def at_least(minimum: float, kind: type = int):
 
 COUNT = at_least(0)  # --limit, --indicators, --eps-warmup: 0 means all or none
 POSITIVE = at_least(1)  # steps, restarts, batch sizes, epochs
-RADIUS = at_least(0.0, float)  # eps and step sizes (inf passes: the attacks decide on it)
+RADIUS = at_least(0.0, real)  # eps and step sizes, 0.03 or 8/255 (inf: the attacks decide)
 
 
 def model_from_spec(
@@ -67,6 +80,8 @@ def load_model(args, x_train: torch.Tensor, y_train: torch.Tensor) -> torch.nn.M
     if args.model:
         model = model_from_spec(args.model, args.weights, args.model_kwargs, args.trust_pickle)
         print(f"model: {args.model}" + (f" with weights {args.weights}" if args.weights else ""))
+        classes = int(y_train.max()) + 1
+        check_model_fits(model.to(args.device), x_train[:2].to(args.device), classes, args.model)
     else:
         model = pretrained.small_cnn(
             args.data, x_train, y_train, epochs=args.epochs, seed=args.seed,
@@ -292,7 +307,7 @@ def cmd_suite(args) -> int:
     print(f"data: {args.data}, {len(x_train)} training and {len(x_test)} test images "
           f"{tuple(x_test.shape[1:])}")  # fmt: skip
     if args.model:  # the first model's factory gives the randomisation test its fresh models
-        named = suite_models(args)
+        named = suite_models(args, x_test, classes)
         kwargs = json.loads(_per_model(args.model_kwargs, args.model)[0] or "{}")
         factory = functools.partial(models.from_spec, args.model[0], None, kwargs=kwargs)
     else:
@@ -323,8 +338,9 @@ def _per_model(values: list[str] | None, specs: list[str]) -> list[str | None]:
     return values
 
 
-def suite_models(args) -> dict[str, torch.nn.Module]:
-    """--model (repeatable) with --weights, --model-kwargs and --name per model."""
+def suite_models(args, x: torch.Tensor, classes: int) -> dict[str, torch.nn.Module]:
+    """--model (repeatable) with --weights, --model-kwargs and --name per model, each checked
+    on two of the images x."""
     weights = _per_model(args.weights, args.model)
     kwargs = _per_model(args.model_kwargs, args.model)
     names = _per_model(args.name, args.model)
@@ -333,7 +349,8 @@ def suite_models(args) -> dict[str, torch.nn.Module]:
         name = names[k] or spec.rpartition(":")[2]
         if name in out:
             name = f"{name}-{k + 1}"
-        out[name] = model_from_spec(spec, weights[k], kwargs[k], args.trust_pickle)
+        out[name] = model_from_spec(spec, weights[k], kwargs[k], args.trust_pickle).to(args.device)
+        check_model_fits(out[name], x[:2].to(args.device), classes, f"model {name} ({spec})")
         print(f"model {name}: {spec}" + (f" with weights {weights[k]}" if weights[k] else ""))
     return out
 
@@ -466,6 +483,7 @@ def add_sweep_parser(sub) -> None:
     run.add_argument("file", help="the sweep file (TOML)")
     run.add_argument("--device", default=None, help="overrides [run] device (auto, cpu, cuda)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch")
     run.set_defaults(func=cmd_sweep_run)
     report = actions.add_parser("report", help="tables and plots from a sweep's results")
     report.add_argument("source", help=(
@@ -482,6 +500,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--threads", type=POSITIVE, default=None,
+        help="CPU threads for torch (default: torch's, one per core; fewer on a busy machine)",
+    )  # fmt: skip
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
@@ -659,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, PermissionError) as e:

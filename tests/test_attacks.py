@@ -2,6 +2,8 @@
 
 import copy
 import importlib.util
+import math
+import warnings
 
 import pytest
 import torch
@@ -179,7 +181,18 @@ BAD = [
     ("per-sample eps must have shape", {}, dict(eps=torch.ones(3))),
     ("x must lie within bounds", dict(x=torch.rand(4, 6) + 0.5), {}),
     ("x must lie within bounds", dict(x=torch.rand(4, 6) - 0.5), dict(bounds=(0.0, 2.0))),
-    ("x contains NaN", dict(x=torch.full((4, 6), float("nan"))), {}),
+    ("x contains 24 NaN value.* in 4 of 4 images", dict(x=torch.full((4, 6), float("nan"))), {}),
+    (
+        "1 inf value.* in 1 of 4 images \\(indices 2\\)",
+        dict(
+            x=torch.rand(4, 6).index_put_(
+                (torch.tensor(2), torch.tensor(3)), torch.tensor(math.inf)
+            )
+        ),
+        dict(bounds=(-math.inf, math.inf)),
+    ),
+    ("look like 0..255 pixel values", dict(x=torch.rand(4, 6) * 255), {}),
+    ("look normalised", dict(x=torch.rand(4, 6) - 0.5), {}),
 ]
 
 
@@ -264,3 +277,34 @@ def test_never_weaker_than_torchattacks(digits_model):
         attack = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=10, random_start=True)
         theirs.append(accuracy(model, attack(x, y), y))
     assert sum(ours) / 3 <= sum(theirs) / 3 + 0.005
+
+
+def test_train_mode_batchnorm_model_warns_once_and_keeps_its_mode():
+    from robustkern.checks import TrainModeWarning
+    from robustkern.training import adversarial_loss
+
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64)
+    model = models.small_resnet(1, 10).train()
+    with pytest.warns(TrainModeWarning, match="train mode and has BatchNorm2d"):
+        pgd(model, x, y, eps=0.1, steps=2)
+    assert model.training  # the documented contract: the caller's mode is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pgd(model, x, y, eps=0.1, steps=2)  # once per model
+        adversarial_loss(models.small_resnet(1, 10).train(), x, y, eps=0.1, steps=2)  # training
+        pgd(models.small_resnet(1, 10).eval(), x, y, eps=0.1, steps=2)
+        pgd(models.small_cnn(1, 10).train(), x, y, eps=0.1, steps=2)  # nothing stochastic
+    with pytest.warns(TrainModeWarning, match="Dropout"):
+        fgsm(torch.nn.Sequential(models.fc(64, 10), torch.nn.Dropout(0.5)).train(), x, y, eps=0.1)
+
+
+def test_a_model_returning_probabilities_is_told_to_pass_logits():
+    from robustkern.checks import ProbabilityOutputWarning
+
+    model = torch.nn.Sequential(models.fc(6, 10, hidden=(8,)), torch.nn.Softmax(1))
+    x, y = torch.rand(4, 6), torch.zeros(4, dtype=torch.int64)
+    with pytest.warns(ProbabilityOutputWarning, match="returns probabilities"):
+        pgd(model, x, y, eps=0.1, steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pgd(models.fc(6, 10, hidden=(8,)), x, y, eps=0.1, steps=1)  # logits

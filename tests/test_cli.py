@@ -209,3 +209,24 @@ def test_train_bad_method_is_named(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--data", "digits", "--method", "free", "--out",
                        str(tmp_path), "--no-progress")  # fmt: skip
     assert code == 2 and "method must be one of" in err
+
+
+def test_eps_as_a_fraction_threads_and_a_model_for_other_images(capsys, tmp_path):
+    """--eps 8/255 as the literature (and sweep files) write it; --threads sets torch's pool; a
+    model built for 3-channel images on 1-channel data is a clear error, not a traceback."""
+    threads = torch.get_num_threads()
+    argv = ["attack", "--data", "digits", "--epochs", "1", "--eps", "8/255", "--steps", "1",
+            "--limit", "20", "--threads", "1", "--no-progress"]  # fmt: skip
+    try:
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and "eps 0.0313725 (= 8/255)" in out, out
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    model = ["--model", "robustkern.models:small_cnn", "--model-kwargs", '{"in_channels": 3}']
+    code, _, err = run(capsys, "attack", "--data", "digits", *model, "--no-progress")
+    assert code == 2 and "fails on the data's images of shape (1, 8, 8)" in err, err
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit):
+        cli.main(["attack", "--data", "digits", "--eps", "8/0"])
+    assert "invalid real value: '8/0'" in capsys.readouterr().err

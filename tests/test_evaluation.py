@@ -143,3 +143,33 @@ def test_transfer_table_beats_noise_of_the_same_size(digits_model):
     assert "Gaussian noise" in str(table) and table.to_dict()["sources"] == ["a", "b"]
     with pytest.raises(ValueError, match="attack"):
         transfer_matrix({"a": model}, x, y, attack="cw")
+
+
+def test_eps_zero_is_the_clean_outcome_without_attacking(digits_model, monkeypatch):
+    model, x, y = digits_model
+    monkeypatch.setattr(robustkern.attacks, "apgd", lambda *a, **k: pytest.fail("attacked"))
+    monkeypatch.setattr(robustkern.attacks, "pgd", lambda *a, **k: pytest.fail("attacked"))
+    for attack in ("pgd", "apgd", "standard"):
+        result = robustkern.evaluate(model, (x, y), attack, eps=0.0, progress=False)
+        assert torch.equal(result.robust_correct, result.clean_correct)
+
+
+def test_nan_or_inf_images_are_an_error_naming_them(digits_model):
+    model, x, y = digits_model
+    x = x.clone()
+    x[3, 0, 2, 2] = float("nan")
+    x[7] = float("inf")
+    with pytest.raises(ValueError, match=r"1 NaN and 64 inf value\(s\) in 2 of 200 images "
+                                         r"\(indices 3, 7\)"):  # fmt: skip
+        robustkern.evaluate(model, (x, y), "pgd", eps=0.1, progress=False)
+
+
+def test_eps_in_pixel_units_warns_with_the_value_meant(digits_model):
+    from robustkern.checks import EpsUnitsWarning
+
+    model, x, y = digits_model
+    with pytest.warns(EpsUnitsWarning, match=r"did you mean 8/255 = 0.0313725\?"):
+        robustkern.evaluate(model, (x[:8], y[:8]), "pgd", eps=8, steps=1, progress=False)
+    with pytest.warns(EpsUnitsWarning, match="diagonal"):
+        robustkern.evaluate(model, (x[:8], y[:8]), "pgd", eps=9, norm="l2", steps=1,
+                            progress=False)  # fmt: skip

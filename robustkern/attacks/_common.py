@@ -7,13 +7,24 @@ import math
 import torch
 import torch.nn.functional as F
 
+from robustkern.checks import (
+    check_finite,
+    nonfinite_message,
+    out_of_bounds_hint,
+    warn_if_probabilities,
+    warn_if_train_mode,
+)
+
 Bounds = tuple[float, float]
 PerSample = float | torch.Tensor
 LOSSES = ("ce", "margin")
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> tuple[int, int]:
-    """Checks x, y and bounds once, before any step loop; returns (min, max) label (one sync)."""
+def check_inputs(
+    x: torch.Tensor, y: torch.Tensor, bounds: Bounds, model: torch.nn.Module | None = None
+) -> tuple[int, int]:
+    """Checks x, y and bounds once, before any step loop; returns (min, max) label (one sync).
+    With ``model`` (an attack's entry), also warns when it is attacked in train mode."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError(
             f"x must be a floating tensor (N, ...), got "
@@ -29,14 +40,15 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> tuple[int,
     # it farther than eps (a silent wrong robust accuracy); NaN in x propagates through min/max.
     x_lo, x_hi, y_lo, y_hi = torch.stack([x.min().double(), x.max().double(),
                                           y.min().double(), y.max().double()]).tolist()  # fmt: skip
-    if math.isnan(x_lo) or math.isnan(x_hi):
-        raise ValueError("x contains NaN")
+    if not (math.isfinite(x_lo) and math.isfinite(x_hi)):
+        raise ValueError(nonfinite_message(x))
     if not (lo <= x_lo and x_hi <= hi):
         raise ValueError(
             f"x must lie within bounds=({lo}, {hi}), got values in [{x_lo:.6g}, {x_hi:.6g}]: "
-            "clip x to the bounds, or pass the bounds your inputs live in (e.g. the range of "
-            "normalised inputs, or (-inf, inf))"
+            + out_of_bounds_hint(x_lo, x_hi, bounds)
         )
+    if model is not None:
+        warn_if_train_mode(model)
     return int(y_lo), int(y_hi)
 
 
@@ -47,6 +59,7 @@ def check_images(x: torch.Tensor) -> None:
             f"x must be a floating tensor of images (N, C, H, W), got "
             f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
         )
+    check_finite(x)
 
 
 def check_label_tensor(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -192,6 +205,7 @@ def loss_and_grad(
         xg = x.detach().requires_grad_(True)
         logits = model(xg)
         check_logits(logits, x.shape[0], labels)
+        warn_if_probabilities(model, logits)
         loss = loss_fn(logits)
         grad = None
         if loss.requires_grad:

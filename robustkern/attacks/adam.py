@@ -48,7 +48,7 @@ def adam_pgd(
     direction of that length (L2). Each sample returns its best point (adversarial
     first, then highest loss) over all iterates, tracked without host syncs. Targeted: ``y``
     are the target classes. Input gradients only; model mode and ``.grad`` untouched."""
-    labels = check_inputs(x, y, bounds)
+    labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

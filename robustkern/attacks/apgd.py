@@ -61,7 +61,7 @@ def apgd(
     left untouched. DLR needs at least 3 classes (4 when targeted). ``early_stop`` (evaluation
     use): a sample leaves the batch once adversarial, which changes no outcome and saves its
     remaining steps, at one host sync per step; without it the step loop never syncs."""
-    labels = check_inputs(x, y, bounds)
+    labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -26,7 +26,7 @@ def fgsm(
 ) -> torch.Tensor:
     """x + eps * sign(grad of the loss), clipped to bounds. Targeted: y are the target classes
     and the step descends their loss. eps: a number or one value per sample."""
-    labels = check_inputs(x, y, bounds)
+    labels = check_inputs(x, y, bounds, model=model)
     eps = check_eps(eps, x.shape[0], finite=True)  # eps is also the step
     x_nat = x.detach()
     grad, _ = input_grad(model, x_nat, y, loss, targeted, labels)

@@ -45,7 +45,7 @@ def lbfgs(
     on a linear model in our tests)."""
     from scipy.optimize import fmin_l_bfgs_b  # scipy comes with scikit-learn
 
-    labels = check_inputs(x, y, bounds)
+    labels = check_inputs(x, y, bounds, model=model)
     if search_steps < 1 or max_iter < 1 or not c_init > 0:
         raise ValueError(
             f"search_steps and max_iter must be >= 1 and c_init > 0, got {search_steps}, "

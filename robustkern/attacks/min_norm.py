@@ -49,7 +49,7 @@ def min_norm(
     gamma, alpha: (initial, final) radius-change factor and step size (along the unit-L2
     gradient) on the cosine schedule; alpha defaults to the paper's (1.0, 0.01), in units of the
     bounds' width. Targeted: ``y`` are the target classes. Input gradients only."""
-    labels = check_inputs(x, y, bounds)
+    labels = check_inputs(x, y, bounds, model=model)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if steps < 1:

@@ -60,7 +60,7 @@ def pgd(
     Only the input's gradient is taken: parameters' ``.grad`` and ``model.training`` are left
     exactly as the caller set them. Works under ``torch.autocast`` and with channels_last.
     """
-    labels = check_inputs(x, y, bounds)
+    labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     eps, alpha = _checked_settings(norm, loss, steps, restarts, eps, alpha, n)
     x_nat = x.detach()
@@ -204,7 +204,7 @@ class GraphedPGD:
             raise ValueError(
                 f"GraphedPGD captures a CUDA graph: x must be on a GPU, got {x.device}"
             )
-        labels = check_inputs(x, y, bounds)
+        labels = check_inputs(x, y, bounds, model=model)
         n = x.shape[0]
         self.eps, alpha = _checked_settings(norm, loss, steps, 1, eps, alpha, n)
         self.x_nat, self.y = x.detach().clone(), y.clone()

@@ -58,7 +58,7 @@ def square(
     ``y``) are returned unchanged, with 0 queries. A fooled sample returns its first adversarial
     point; the others their lowest-margin point. ``eps``: a number or one value per sample.
     The model only runs forward, under ``torch.no_grad``; its mode is left untouched."""
-    labels = check_inputs(x, y, bounds)
+    labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     if x.dim() != 4:
         raise ValueError(f"square needs images (N, C, H, W), got shape {tuple(x.shape)}")

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from robustkern import attacks
 from robustkern.attacks._common import check_label_tensor, check_logits, label_range, model_device
+from robustkern.checks import check_finite, warn_if_probabilities, warn_unusual_eps
 
 Data = tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -136,10 +137,15 @@ def evaluate(
         ):
             x, y = x.to(device), y.to(device)
             check_label_tensor(x, y)
+            # unchecked, a NaN image would just count as misclassified, never attacked
+            check_finite(x, f"data (examples {seen} to {seen + len(x) - 1})", offset=seen)
+            if seen == 0:
+                _warn_unusual_eps(attack_kwargs, x)
             with torch.no_grad():
                 logits = model(x)
             # unchecked, a label the model cannot output would just count as misclassified
             check_logits(logits, len(x), label_range(y))
+            warn_if_probabilities(model, logits)
             ok = logits.argmax(dim=1) == y
             still = ok.clone()
             idx = ok.nonzero().squeeze(1)
@@ -169,8 +175,8 @@ def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, s
     replaces options for one call (a batch's slice of per-example eps)."""
     if callable(attack):
         return _with_success(attack, kwargs), getattr(attack, "__name__", "custom")
-    if attack == "none":
-        return None, "none"
+    if attack == "none" or _zero_radius(kwargs.get("eps")):
+        return None, attack  # eps 0: the clean outcome is the robust one, nothing to attack
     if attack in _REPORTING:
         fn, stops = _REPORTING[attack]
         kwargs = {**({"early_stop": True} if stops else {}), **kwargs, "return_success": True}
@@ -229,6 +235,19 @@ class Cascade:
             x_adv[idx], fooled[idx] = xa, hit
             self.broken_by[name] += int(hit.sum())
         return x_adv, fooled
+
+
+def _zero_radius(eps) -> bool:
+    if isinstance(eps, torch.Tensor):
+        return eps.dim() == 0 and float(eps) == 0.0
+    return isinstance(eps, (int, float)) and eps == 0
+
+
+def _warn_unusual_eps(options: dict, x: torch.Tensor) -> None:
+    """An eps far beyond the inputs' range (8 meant as 8/255) warns before the work starts."""
+    if "eps" in options:
+        bounds = options.get("bounds", (0.0, 1.0))
+        warn_unusual_eps(options["eps"], options.get("norm", "linf"), bounds, x.shape[1:].numel())
 
 
 def _with_success(attack_fn: AttackFn, kwargs: dict) -> _Outcome:

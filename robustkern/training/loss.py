@@ -19,6 +19,7 @@ from robustkern.attacks._common import (
     loss_and_grad,
     noise_like,
 )
+from robustkern.checks import attacking_for_training
 from robustkern.evaluation import eval_mode
 
 METHODS = ("standard", "pgd", "fgsm-rs", "trades")
@@ -79,7 +80,8 @@ def adversarial_loss(
         return (loss, logits.detach()) if return_logits else loss
     target = model.module if isinstance(model, DistributedDataParallel) else model
     in_eval = attack_in_eval if attack_in_eval is not None else method == "trades"
-    with eval_mode(target) if in_eval else nullcontext():
+    # a train-mode model is what PGD-AT means to attack: no TrainModeWarning here
+    with eval_mode(target) if in_eval else nullcontext(), attacking_for_training():
         if method == "trades":
             x_adv = _trades_point(target, x, eps, norm, steps, alpha, bounds, generator, labels,
                                   shard)  # fmt: skip

@@ -1,0 +1,187 @@
+"""Mistakes users make that would otherwise give a wrong number without a word: NaN or inf in
+the images, an eps in the wrong units, a model that returns probabilities, a model attacked in
+train mode. Errors name the problem; warnings say what was probably meant."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import warnings
+import weakref
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class TrainModeWarning(UserWarning):
+    """An attack ran on a model in train mode (batch statistics, dropout) outside training."""
+
+
+class ProbabilityOutputWarning(UserWarning):
+    """The model's outputs look like probabilities, not logits."""
+
+
+class EpsUnitsWarning(UserWarning):
+    """An eps far larger than the inputs' range allows: probably given in other units."""
+
+
+def check_finite(x: torch.Tensor, what: str = "x", offset: int = 0) -> None:
+    """Raises ValueError naming how many NaN and inf values x (N, ...) holds and in which rows
+    (numbered from ``offset``: x is a batch of a larger set). One host sync."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(nonfinite_message(x, what, offset))
+
+
+def nonfinite_message(x: torch.Tensor, what: str = "x", offset: int = 0) -> str:
+    """'x contains 3 NaN and 1 inf values in 2 of 10 images (indices 4, 7)' for a tensor that
+    has some; the error path only, so its syncs cost nothing when inputs are fine."""
+    nan, inf = int(x.isnan().sum()), int(x.isinf().sum())
+    rows = []
+    if x.dim():
+        rows = (~torch.isfinite(x)).flatten(1).any(1).nonzero().squeeze(1).add(offset).tolist()
+    kinds = " and ".join(f"{n} {k}" for n, k in ((nan, "NaN"), (inf, "inf")) if n)
+    shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+    where = f" in {len(rows)} of {len(x)} images (indices {shown})" if rows else ""
+    return (
+        f"{what} contains {kinds} value(s){where}: images must be finite; check how they were "
+        "loaded or preprocessed"
+    )
+
+
+def check_model_fits(model: nn.Module, x: torch.Tensor, classes: int, what: str = "the model"):
+    """One forward on one and on two of the images x (N >= 2, on the model's device) in eval
+    mode: a model that fails on the data (wrong channels or size) or does not return
+    (N, classes) logits is a ValueError that names the data's shape, before any work starts."""
+    was_training = model.training
+    try:
+        model.eval()
+        for n in (1, 2):
+            try:
+                with torch.no_grad():
+                    logits = model(x[:n])
+            except Exception as e:  # any failure of the user's model on our data
+                raise ValueError(
+                    f"{what} fails on the data's images of shape {tuple(x.shape[1:])} (C, H, W): "
+                    f"{type(e).__name__}: {e}"
+                ) from None
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != n:
+                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+                raise ValueError(f"{what} returns {got} for {n} image(s); expected ({n}, classes)")
+            if logits.shape[1] < classes:
+                raise ValueError(
+                    f"{what} has {logits.shape[1]} outputs but the data has {classes} classes"
+                )
+    finally:
+        model.train(was_training)
+
+
+def out_of_bounds_hint(lo: float, hi: float, bounds: tuple[float, float]) -> str:
+    """What inputs with values in [lo, hi] outside ``bounds`` probably are, and what to do."""
+    if lo >= 0 and 1 < hi <= 255 and tuple(bounds) == (0.0, 1.0):
+        return (
+            "these look like 0..255 pixel values: divide the images by 255 (robustkern's "
+            "inputs are in [0, 1])"
+        )
+    if lo < 0:
+        return (
+            "these look normalised (negative values): pass images in [0, 1] and put the "
+            "normalisation inside the model (robustkern.nn.Normalize(mean, std)), or pass the "
+            "bounds the normalised inputs live in (bounds=(lo, hi), --bounds LO,HI) with eps in "
+            "those units"
+        )
+    return (
+        "clip the images to the bounds, or pass the bounds your inputs live in (bounds=, --bounds)"
+    )
+
+
+def likely_eps(eps: float, norm: str, bounds: tuple[float, float], numel: int) -> float | None:
+    """The eps probably meant when ``eps`` (input units) is larger than a quarter of the bounds'
+    width in L-inf or than the box's diagonal in L2: ``eps / 255`` (8 -> 8/255, a radius given
+    in pixel units); None when eps is plausible."""
+    width = float(bounds[1]) - float(bounds[0])
+    if not (math.isfinite(width) and width > 0 and math.isfinite(eps)):
+        return None
+    limit = width / 4 if norm == "linf" else width * math.sqrt(max(numel, 1))
+    return eps * width / 255 if eps > limit else None
+
+
+def warn_unusual_eps(eps, norm: str, bounds: tuple[float, float], numel: int) -> None:
+    """Warns when a number eps is implausibly large for the inputs (see ``likely_eps``)."""
+    if isinstance(eps, torch.Tensor):
+        if eps.dim() != 0:
+            return  # per-sample radii are an advanced use: no sync for a warning
+        eps = float(eps)
+    meant = likely_eps(float(eps), norm, bounds, numel)
+    if meant is not None:
+        what = "a quarter of the inputs' range" if norm == "linf" else "the diagonal of the box"
+        warnings.warn(
+            f"eps {eps:g} ({norm}) is larger than {what} {tuple(bounds)}: every input can be "
+            f"changed beyond recognition. eps is in the inputs' own units; did you mean "
+            f"{eps:g}/255 = {meant:.6g}?",
+            EpsUnitsWarning,
+            stacklevel=3,
+        )
+
+
+_checked_outputs: weakref.WeakSet = weakref.WeakSet()
+
+
+def warn_if_probabilities(model: nn.Module, logits: torch.Tensor) -> None:
+    """At a model's first forward seen here: warns when every row of its output is a probability
+    vector (non-negative, sums to 1). Attacks and the DLR and margin losses need logits; a
+    softmax output saturates their gradients. One host sync per model."""
+    if model in _checked_outputs or logits.dim() != 2 or logits.shape[1] < 2 or not len(logits):
+        return
+    _checked_outputs.add(model)
+    z = logits.detach().float()
+    if bool(((z >= 0).all(1) & ((z.sum(1) - 1).abs() < 1e-3)).all()):
+        warnings.warn(
+            f"{type(model).__name__} returns probabilities (every output row is non-negative "
+            "and sums to 1), not logits: remove the final softmax (attacks and losses need "
+            "logits; the gradients of a softmax output vanish and robust accuracy is overstated)",
+            ProbabilityOutputWarning,
+            stacklevel=3,
+        )
+
+
+_in_training = contextvars.ContextVar("robustkern_in_training", default=False)
+_warned_train_mode: weakref.WeakSet = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def attacking_for_training() -> Iterator[None]:
+    """Attacks inside the block are part of training (``adversarial_loss``, ``fit``): a
+    train-mode model is what the caller wants there, so no warning."""
+    token = _in_training.set(True)
+    try:
+        yield
+    finally:
+        _in_training.reset(token)
+
+
+def warn_if_train_mode(model: nn.Module) -> None:
+    """Warns once per model when it is attacked in train mode outside training and has
+    BatchNorm or dropout: the attack then scores batch statistics or random masks, and
+    BatchNorm's running statistics change. The mode is still kept, as documented."""
+    if not model.training or _in_training.get() or model in _warned_train_mode:
+        return
+    kinds = sorted({type(m).__name__ for m in model.modules() if _stochastic(m)})
+    if not kinds:
+        return
+    _warned_train_mode.add(model)
+    warnings.warn(
+        f"{type(model).__name__} is in train mode and has {', '.join(kinds)}: the attack uses "
+        "batch statistics / random dropout masks and updates BatchNorm's running statistics. "
+        "Call model.eval() before attacking to evaluate (robustkern.evaluate does), or use "
+        "robustkern.training.adversarial_loss inside a training loop",
+        TrainModeWarning,
+        stacklevel=3,
+    )
+
+
+def _stochastic(m: nn.Module) -> bool:
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return m.track_running_stats or m.training
+    return isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
