@@ -100,12 +100,20 @@ def resnet18(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
     return resnet(in_channels, num_classes, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2))
 
 
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")  # where training code nests it
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+SHOWN_KEYS = 5  # how many keys an error lists of each kind
+
+
 def load_weights(path: str | Path, *, trust_pickle: bool = False):
     """A state dict (or, with ``trust_pickle``, whatever the file holds) from ``path``.
 
     Files load with ``torch.load(weights_only=True)``. A file that needs pickle (arbitrary code
     on load) is refused unless ``trust_pickle`` is set; a missing or corrupt file is an error
-    that names it. ``{"state_dict": ...}`` and ``{"model": ...}`` wrappers are unwrapped.
+    that names it. Checkpoints as training code saves them are unwrapped: the state dict may
+    sit under ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` (beside ``"epoch"``,
+    ``"optimizer"`` and the like), and a ``module.`` (DataParallel/DDP) or ``_orig_mod.``
+    (torch.compile) prefix that every key carries is removed.
     """
     path = Path(path)
     if not path.is_file():
@@ -123,11 +131,34 @@ def load_weights(path: str | Path, *, trust_pickle: bool = False):
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"weights file {path} is corrupt or not a torch file: {e}") from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                return obj[key]
+    obj = _unwrap_checkpoint(obj)
+    return _strip_wrapper_prefixes(obj) if isinstance(obj, dict) else obj
+
+
+def _unwrap_checkpoint(obj):
+    """The state dict (or pickled module) inside a training checkpoint, such as
+    ``{"epoch": 3, "optimizer": {...}, "model_state_dict": {...}}``; anything else as it is."""
+    for _ in range(3):  # a wrapper inside a wrapper, e.g. {"model": {"state_dict": ...}}
+        if not isinstance(obj, dict):
+            return obj
+        inner = next(
+            (obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), (dict, nn.Module))), None
+        )
+        if inner is None:
+            return obj
+        obj = inner
     return obj
+
+
+def _strip_wrapper_prefixes(state: dict) -> dict:
+    """``state`` without a ``module.`` / ``_orig_mod.`` prefix that every key carries (as many
+    layers as there are: torch.compile of a DDP model saves ``_orig_mod.module.``)."""
+    while state and all(isinstance(k, str) for k in state):
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = type(state)((k[len(prefix) :], v) for k, v in state.items())
+    return state
 
 
 def from_spec(
@@ -137,7 +168,9 @@ def from_spec(
     kwargs: dict | None = None,
     trust_pickle: bool = False,
 ) -> nn.Module:
-    """Build ``module:factory(**kwargs)`` and load ``weights`` (a state dict) into it."""
+    """Build ``module:factory(**kwargs)`` and load ``weights`` (a state dict, or a checkpoint
+    holding one; see ``load_weights``) into it. Weights that do not fit are a ValueError naming
+    the missing and unexpected keys and the shape mismatches."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"model must be given as module:factory, got {spec!r}")
@@ -152,18 +185,96 @@ def from_spec(
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
-        state = load_weights(weights, trust_pickle=trust_pickle)
-        if isinstance(state, nn.Module):
-            state = state.state_dict()
-        if not isinstance(state, dict):
-            raise ValueError(
-                f"weights file {weights} holds {type(state).__name__}, not a state dict"
-            )
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"weights file {weights} does not fit {spec}: {e}") from None
+        _load_state(model, _state_dict_in(weights, trust_pickle), f"weights file {weights}", spec)
     return model
+
+
+def _state_dict_in(weights: str | Path, trust_pickle: bool) -> dict:
+    state = load_weights(weights, trust_pickle=trust_pickle)
+    if isinstance(state, nn.Module):
+        state = _strip_wrapper_prefixes(state.state_dict())
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {weights} holds {type(state).__name__}, not a state dict")
+    if state and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"weights file {weights} holds a dict without tensors (keys {_listed(state)}), not a "
+            f"state dict; a checkpoint must nest it under one of {list(CHECKPOINT_KEYS)}"
+        )
+    return state
+
+
+def _load_state(model: nn.Module, state: dict, what: str, spec: str) -> None:
+    """``model.load_state_dict(state)``, failing with the keys that do not fit instead of
+    torch's full listing. On failure the model is left partly loaded: callers discard it."""
+    own = model.state_dict()
+    mismatched = {
+        k: (tuple(v.shape), tuple(own[k].shape))
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    }
+    fitting = {k: v for k, v in state.items() if k not in mismatched}
+    try:
+        # strict=False lets each module excuse keys it can rebuild (BatchNorm's
+        # num_batches_tracked in old files), which a plain comparison of key sets would not.
+        result = model.load_state_dict(fitting, strict=False)
+    except RuntimeError as e:  # a module's own loading hook refused its entries
+        raise ValueError(f"{what} does not fit {spec}: {e}") from None
+    missing = [k for k in result.missing_keys if k not in mismatched]
+    unexpected = list(result.unexpected_keys)
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) {_listed(unexpected)}")
+    if mismatched:
+        shapes = [f"{k}: file {f} vs model {m}" for k, (f, m) in mismatched.items()]
+        problems.append(f"{len(shapes)} shape mismatch(es) {_listed(shapes)}")
+    hint = _prefix_hint(list(state), list(own))
+    raise ValueError(f"{what} does not fit {spec}: {'; '.join(problems)}{hint}")
+
+
+def _listed(items) -> str:
+    """The first few of ``items``, and how many more there are."""
+    items = list(items)
+    shown = ", ".join(str(i) for i in items[:SHOWN_KEYS])
+    more = f", ... {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
+    return f"[{shown}{more}]"
+
+
+def _prefix_hint(file_keys: list[str], model_keys: list[str]) -> str:
+    """A hint when the keys would fit after removing a prefix from the file's keys, or after
+    adding one (a model saved from inside a wrapper, or saved bare and loaded into one)."""
+    prefix = _common_extra_prefix(file_keys, model_keys)
+    if prefix:
+        return (
+            f"; hint: the file's keys fit after removing the prefix {prefix!r} from each; save "
+            f"{{k.removeprefix({prefix!r}): v for k, v in state.items()}} to a new file"
+        )
+    prefix = _common_extra_prefix(model_keys, file_keys)
+    if prefix:
+        return (
+            f"; hint: the file's keys fit after adding the prefix {prefix!r} to each "
+            "(the model wraps the network the file was saved from)"
+        )
+    return ""
+
+
+def _common_extra_prefix(longer: list[str], shorter: list[str]) -> str | None:
+    """A dotted prefix ``p`` such that ``{p + k for k in shorter} == set(longer)``, or None."""
+    if not longer or not shorter or not all(isinstance(k, str) for k in longer):
+        return None
+    parts = longer[0].split(".")
+    target = set(shorter)
+    for n in range(1, len(parts)):
+        prefix = ".".join(parts[:n]) + "."
+        if (
+            all(k.startswith(prefix) for k in longer)
+            and {k[len(prefix) :] for k in longer} == target
+        ):
+            return prefix
+    return None
 
 
 class ExportedModel(nn.Module):

@@ -176,9 +176,9 @@ kwargs = { in_channels = 1, num_classes = 10, width = 16 }
         (CNN.format(name="m").replace("robustkern.models:small_cnn", "nowhere.mod:f") + PGD,
          "cannot find model factory"),
         (RANDOM_CNN.replace("in_channels = 1", "in_channels = 3") + PGD,
-         "model 'm' fails on the sweep's data"),
+         "model 'm' fails on the data's images of shape (1, 8, 8)"),
         (RANDOM_CNN.replace("num_classes = 10", "num_classes = 4") + PGD,
-         "expected (1, classes) logits for the data's 10 classes"),
+         "model 'm' has 4 outputs but the data has 10 classes"),
         (PGD, "needs at least one [[models]] entry"),
         (CNN.format(name="m") + PGD + '[run]\nshare = "sometimes"\n', "share must be one of"),
     ],
@@ -462,3 +462,68 @@ def test_batchnorm_models_sweep_as_factory_and_as_exported_files(tmp_path):
     by_model = {m: sorted((c["eps"], c["robust_accuracy"]) for c in cells if c["model"] == m)
                 for m in ("factory", "ts", "pt2")}  # fmt: skip
     assert by_model["factory"] == by_model["ts"] == by_model["pt2"]
+
+
+def image_folder(root: Path) -> Path:
+    """Two classes of two grayscale PNGs each, in two sizes (10x12 and 6x6)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i, hw in enumerate([(10, 12), (6, 6)]):
+            Image.fromarray(rng.integers(0, 256, hw, dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_image_folder_data_with_image_size(tmp_path):
+    image_folder(tmp_path / "imgs")
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        '[data]\npath = "imgs"\nimage_size = [8, 9]\nsplit = "all"\n' + RANDOM_CNN + PGD
+    )
+    loaded = sweep.load(path)
+    assert loaded.data.image_size == (8, 9) and loaded.data.path == tmp_path / "imgs"
+    x, y = engine.load_data(loaded)
+    assert x.shape == (4, 1, 8, 9) and sorted(y.tolist()) == [0, 0, 1, 1]
+    config = sweep.config.cell_config(
+        loaded, loaded.models[0], loaded.attacks[0], 0.05, {"data": "d", "m": "w"}
+    )
+    assert config["data"]["image_size"] == (8, 9) and config["data"]["path"] == "imgs"
+    path.write_text('[data]\nname = "digits"\n' + RANDOM_CNN + PGD)
+    unset = sweep.load(path)  # no image_size key: the cell hashes of older stores stay valid
+    config = sweep.config.cell_config(unset, unset.models[0], unset.attacks[0], 0.05,
+                                      {"data": "d", "m": "w"})  # fmt: skip
+    assert "image_size" not in config["data"]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ('path = "imgs"\nimage_size = 0', "image_size must be a positive int or [H, W], got 0"),
+        ('path = "imgs"\nimage_size = [8]', "image_size must be a positive int or [H, W]"),
+        ('path = "imgs"\nimage_size = [8, 0]', "image_size must be a positive int or [H, W]"),
+        ('path = "imgs"\nimage_size = "8"', "image_size must be a positive int or [H, W]"),
+        ('path = "imgs"\nimage_size = true', "image_size must be a positive int or [H, W]"),
+        ('name = "digits"\nimage_size = 8', "image_size resizes image folders only"),
+        ('path = "cifar-10-batches-bin"\nimage_size = 8', "this data is cifar-10-bin"),
+        ('path = "nothing"', "is not an existing .npz file, image folder or cifar-10-batches-bin"),
+    ],
+)
+def test_bad_data_folders_and_image_sizes(tmp_path, data, message):
+    image_folder(tmp_path / "imgs")
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    path = tmp_path / "sweep.toml"
+    path.write_text(f"[data]\n{data}\n" + RANDOM_CNN + PGD)
+    with pytest.raises(sweep.SweepError) as caught:
+        sweep.load(path)
+    assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_image_folder_of_mixed_sizes_needs_image_size(tmp_path):
+    image_folder(tmp_path / "imgs")
+    path = tmp_path / "sweep.toml"
+    path.write_text('[data]\npath = "imgs"\n' + RANDOM_CNN + PGD)
+    with pytest.raises(ValueError, match="pass image_size"):
+        engine.load_data(sweep.load(path))

@@ -19,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from robustkern import data as datasets
 from robustkern.attacks import NORMS
 
 SPLITS = ("test", "train", "all")
@@ -66,11 +67,12 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class DataSpec:
-    name: str  # an embedded dataset's name or the .npz path as written
-    path: Path | None  # the .npz file, resolved against the sweep file
+    name: str  # an embedded dataset's name or the path (.npz, folder) as written
+    path: Path | None  # the .npz file or data folder, resolved against the sweep file
     split: str = "test"
     limit: int | None = None
     test_fraction: float = 0.2
+    image_size: int | tuple[int, int] | None = None  # image folders: resize to this (H, W)
 
     @property
     def source(self) -> str:
@@ -161,6 +163,8 @@ def cell_config(
                 for k, v in asdict(spec).items()}  # fmt: skip
 
     data, spec = plain(sweep.data), plain(model)
+    if data["image_size"] is None:  # absent when unset: older stores keep their cell hashes
+        del data["image_size"]
     return {
         "data": {**data, "sha256": fingerprints["data"]},
         "model": {**spec, "sha256": fingerprints[model.name]},
@@ -232,9 +236,12 @@ def _array(raw: dict, key: str, where: _Where) -> list[dict]:
 
 
 def _data(table: dict, base: Path, where: _Where) -> DataSpec:
-    where.keys(table, "[data]", {"name", "path", "split", "limit", "test_fraction"})
+    where.keys(table, "[data]", {"name", "path", "split", "limit", "test_fraction", "image_size"})
     if ("name" in table) == ("path" in table):
-        raise where.fail("[data] needs exactly one of name = (digits, mnist-5k) or path = (.npz)")
+        raise where.fail(
+            "[data] needs exactly one of name = (digits, mnist-5k) or "
+            "path = (.npz file, image folder or cifar-10-batches-bin directory)"
+        )
     limit = table.get("limit")
     fraction = table.get("test_fraction", 0.2)
     if not isinstance(fraction, float) or not 0 < fraction < 1:
@@ -242,15 +249,35 @@ def _data(table: dict, base: Path, where: _Where) -> DataSpec:
     path = None
     if "path" in table:
         path = base / where.typed(table["path"], str, "[data] path")
-        if path.suffix != ".npz" or not path.is_file():
-            raise where.fail(f"[data] path: {path} is not an existing .npz file")
+        if not (path.is_dir() or (path.suffix == ".npz" and path.is_file())):
+            raise where.fail(
+                f"[data] path: {path} is not an existing .npz file, image folder or "
+                "cifar-10-batches-bin directory"
+            )
+    image_size = _image_size(table.get("image_size"), path, where)
     return DataSpec(
         name=where.typed(table.get("name", table.get("path")), str, "[data] name"),
         path=path,
         split=where.choice(table.get("split", "test"), SPLITS, "[data] split"),
         limit=None if limit is None else where.positive(limit, "[data] limit"),
         test_fraction=fraction,
+        image_size=image_size,
     )
+
+
+def _image_size(value, path: Path | None, where: _Where) -> int | tuple[int, int] | None:
+    """[data] image_size: N or [H, W] in pixels, for an image folder only."""
+    if value is None:
+        return None
+    sizes = value if isinstance(value, list) else [value]
+    if len(sizes) != (2 if isinstance(value, list) else 1) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes
+    ):
+        raise where.fail(f"[data] image_size must be a positive int or [H, W], got {value!r}")
+    kind = datasets.source_kind(str(path)) if path is not None else "embedded"
+    if kind != "image-folder":
+        raise where.fail(f"[data] image_size resizes image folders only; this data is {kind}")
+    return tuple(sizes) if len(sizes) == 2 else sizes[0]
 
 
 def _model(table: dict, i: int, base: Path, where: _Where) -> ModelSpec:

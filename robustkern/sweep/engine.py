@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from robustkern import attacks, data, models
 from robustkern._env import code_version, derived_seed, device_name, world
+from robustkern.checks import check_finite, check_model_fits, warn_unusual_eps
 from robustkern.evaluation import eval_mode, model_device, outcome_fn
 from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, cell_config, config_hash
 from robustkern.sweep.store import Store
@@ -129,7 +130,11 @@ def prepare(sweep: Sweep, device: torch.device) -> tuple:
     x, y = load_data(sweep)
     nets = {m.name: load_model(m, sweep.seed).to(device) for m in sweep.models}
     for name, net in nets.items():
-        check_model(name, net, x[:2].to(device), int(y.max()) + 1)
+        check_model_fits(net, x[:2].to(device), int(y.max()) + 1, f"model {name!r}")
+    check_finite(x, f"the sweep's data ({sweep.data.name})")
+    for attack in sweep.attacks:
+        for e in attack.eps:
+            warn_unusual_eps(e, attack.norm, (0.0, 1.0), x[0].numel())
     fingerprints = {"data": _fingerprint_data(x, y)}
     fingerprints.update({name: _fingerprint_model(net) for name, net in nets.items()})
     return x, y, nets, plan(sweep, fingerprints)
@@ -150,7 +155,9 @@ def plan(sweep: Sweep, fingerprints: dict[str, str]) -> list[list[Cell]]:
 
 def load_data(sweep: Sweep) -> tuple[torch.Tensor, torch.Tensor]:
     spec = sweep.data
-    x_train, y_train, x_test, y_test = data.load(spec.source, test_fraction=spec.test_fraction)
+    x_train, y_train, x_test, y_test = data.load(
+        spec.source, test_fraction=spec.test_fraction, image_size=spec.image_size
+    )
     x, y = {
         "test": (x_test, y_test),
         "train": (x_train, y_train),
@@ -168,23 +175,6 @@ def load_model(spec: ModelSpec, seed: int) -> torch.nn.Module:
     return models.from_spec(
         spec.factory, spec.weights, kwargs=spec.kwargs, trust_pickle=spec.trust_pickle
     )
-
-
-def check_model(name: str, model: torch.nn.Module, x: torch.Tensor, classes: int) -> None:
-    """One forward on one and on two examples: logits (N, classes) covering every label."""
-    for n in (1, 2):
-        try:
-            with torch.no_grad(), eval_mode(model):
-                logits = model(x[:n])
-        except Exception as e:  # any failure of the user's model on our data
-            raise ValueError(
-                f"model {name!r} fails on the sweep's data {tuple(x.shape[1:])}: {e}"
-            ) from None
-        if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < classes:
-            raise ValueError(
-                f"model {name!r} returns shape {tuple(logits.shape)} for {n} example(s); "
-                f"expected ({n}, classes) logits for the data's {classes} classes"
-            )
 
 
 def evaluate_group(
@@ -300,7 +290,10 @@ def _fooled(model, attack: AttackSpec, x, y, eps, g) -> torch.Tensor:
     options = {"eps": eps, **attack.params}
     if attack.name != "fgsm":  # L-inf only, and deterministic
         options |= {"norm": attack.norm, "generator": g}
-    return outcome_fn(attack.name, options)[0](model, x, y)[1]
+    fn = outcome_fn(attack.name, options)[0]
+    if fn is None:  # eps 0: the clean outcome, nothing to attack
+        return torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    return fn(model, x, y)[1]
 
 
 def _sharing(requested: str, attack: AttackSpec, device: torch.device) -> str:
