@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -106,6 +107,7 @@ def heatmap(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     return_counts: bool = False,
+    stride: int = 1,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The Fourier heat map: the error rate of ``model`` on ``(x, y)`` when one basis image
     ``eps * U(i, j)`` with a random sign per image and channel is added to every image and the
@@ -122,14 +124,25 @@ def heatmap(
     is the same for every batch size. With ``checkpoint`` (a file), finished frequencies are
     saved atomically as they complete and a rerun with the same model, data and settings
     continues from there; a checkpoint written for anything else is refused.
+
+    ``stride``: evaluate only the frequencies whose offsets (i, j) are both multiples of it, a
+    coarse grid over the whole spectrum (about H W / (2 stride^2) frequencies: what a large
+    image's map costs less); the others are NaN in the map (and -1 in the counts).
     """
     device = torch.device(device) if device is not None else model_device(model)
     if batch_size is None:
         batch_size = 256 if device.type == "cpu" else 4096
     n, c, h, w = _check_heatmap_args(x, eps, batch_size)
+    if not (isinstance(stride, int) and stride >= 1):
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
     reps = distinct_frequencies(h, w)
+    on_grid = (frequency_grid(h, w).view(-1, 2)[reps] % stride == 0).all(1)
+    reps = reps[on_grid]
     freqs = frequency_grid(h, w).view(-1, 2)[reps]
-    fingerprint = _fingerprint(model, x, y, eps=eps, bounds=bounds, seed=seed)
+    settings = {"eps": eps, "bounds": bounds, "seed": seed}
+    if stride > 1:  # (stride 1 keeps the fingerprint of maps written before strides existed)
+        settings["stride"] = stride
+    fingerprint = _fingerprint(model, x, y, **settings)
     errors, done = _load_checkpoint(checkpoint, fingerprint, len(reps))
     images = max(1, min(n, batch_size))
     per_batch = max(1, batch_size // images)  # frequencies per model batch
@@ -158,21 +171,26 @@ def heatmap(
                 atomic_torch_save(
                     {"fingerprint": fingerprint, "errors": errors, "done": done}, checkpoint
                 )
-    counts = torch.empty(h * w, dtype=torch.int64)
+    counts = torch.full((h * w,), -1, dtype=torch.int64)
     counts[reps] = errors
     counts[conjugate_index(h, w)[reps]] = errors
     counts = counts.view(h, w)
     error_map = counts.double().div(max(n, 1)).float() if n else torch.full((h, w), math.nan)
+    error_map[counts < 0] = math.nan
     return (error_map, counts) if return_counts else error_map
 
 
 def radial_profile(error_map: torch.Tensor) -> torch.Tensor:
     """Mean of a centred (H, W) map over frequencies at each rounded radius
-    ``round(sqrt(i^2 + j^2))``, from 0 (lowest frequency) up; radii with no frequency are NaN."""
+    ``round(sqrt(i^2 + j^2))``, from 0 (lowest frequency) up; radii with no frequency (or only
+    NaN ones, not evaluated) are NaN."""
     h, w = error_map.shape
     radius = frequency_grid(h, w).double().norm(dim=-1).round().long().view(-1)
     values = error_map.detach().double().cpu().reshape(-1)
-    total = torch.zeros(int(radius.max()) + 1, dtype=torch.float64)
+    kept = ~values.isnan()
+    radius, values = radius[kept], values[kept]
+    total = torch.zeros(int(frequency_grid(h, w).double().norm(dim=-1).max().round()) + 1,
+                        dtype=torch.float64)  # fmt: skip
     count = torch.zeros_like(total)
     total.index_add_(0, radius, values)
     count.index_add_(0, radius, torch.ones_like(values))
@@ -189,14 +207,22 @@ def plot_heatmap(
     """Writes the map as a PNG (colour bar, axes in frequency offsets, zero at the centre) with
     its radial profile beside it; returns the path."""
     plt = pyplot()
-
+    full_map = error_map
     h, w = error_map.shape
     grid = frequency_grid(h, w)
+    if error_map.isnan().any():  # a strided map: show the evaluated sub-grid only
+        rows = ~error_map.isnan().all(1)
+        cols = ~error_map.isnan().all(0)
+        error_map, grid = error_map[rows][:, cols], grid[rows][:, cols]
+    step = (
+        int(grid[1, 0, 0] - grid[0, 0, 0]) if grid.shape[0] > 1 else 1,
+        int(grid[0, 1, 1] - grid[0, 0, 1]) if grid.shape[1] > 1 else 1,
+    )  # the stride between evaluated frequencies
     extent = (
-        float(grid[0, 0, 1]) - 0.5,
-        float(grid[0, -1, 1]) + 0.5,
-        float(grid[-1, 0, 0]) + 0.5,
-        float(grid[0, 0, 0]) - 0.5,
+        float(grid[0, 0, 1]) - step[1] / 2,
+        float(grid[0, -1, 1]) + step[1] / 2,
+        float(grid[-1, 0, 0]) + step[0] / 2,
+        float(grid[0, 0, 0]) - step[0] / 2,
     )
     fig, (ax, ax_profile) = plt.subplots(
         1, 2, figsize=(9.5, 4), gridspec_kw={"width_ratios": [1.15, 1]}
@@ -208,8 +234,9 @@ def plot_heatmap(
     ax.set_xlabel("horizontal frequency j")
     ax.set_ylabel("vertical frequency i")
     ax.set_title(title or "Fourier heat map")
-    profile = radial_profile(error_map).numpy()
-    ax_profile.plot(range(len(profile)), profile, marker="o", markersize=3)
+    profile = radial_profile(full_map).numpy()
+    shown = ~np.isnan(profile)
+    ax_profile.plot(np.arange(len(profile))[shown], profile[shown], marker="o", markersize=3)
     ax_profile.set_xlabel("frequency radius (low -> high)")
     ax_profile.set_ylabel("mean test error")
     ax_profile.set_ylim(0, 1.02 if vmax is None else max(vmax, 1e-6) * 1.02)

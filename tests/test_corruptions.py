@@ -247,3 +247,18 @@ def test_cli_corruptions_against_a_baseline_model(tmp_path):
     assert code == 0
     report = json.loads((out / "corruptions.json").read_text())
     assert {"mce", "relative_mce", "corruption_errors"} <= set(report)
+
+
+def test_nan_or_inf_images_are_named_by_the_corruption_report_and_the_heat_map():
+    from robustkern import fourier
+
+    model = models.small_cnn(1, 10, width=4).eval()
+    x, y = torch.rand(6, 1, 8, 8), torch.zeros(6, dtype=torch.int64)
+    x[4, 0, 1, 1] = float("nan")
+    for call in (
+        lambda: C.corrupt(x, "fog", 1),
+        lambda: C.corruption_report(model, x, y, progress=False),
+        lambda: fourier.heatmap(model, x, y, eps=1.0, progress=False),
+    ):
+        with pytest.raises(ValueError, match=r"1 NaN value\(s\) in 1 of 6 images \(indices 4\)"):
+            call()

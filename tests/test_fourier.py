@@ -371,3 +371,22 @@ def test_cli_fourier_writes_png_and_json(tmp_path, capsys):
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "heatmap.ckpt").exists()
     assert "radial profile" in capsys.readouterr().out
+
+
+def test_a_strided_heat_map_evaluates_the_coarse_grid_exactly(tmp_path):
+    """A large image's map on every s-th frequency: the same errors there as the full map, NaN
+    (counts -1) elsewhere; the profile and the plot skip what was not evaluated."""
+    torch.manual_seed(0)
+    model = models.small_cnn(1, 10, width=4).eval()
+    x, y = torch.rand(6, 1, 12, 12), torch.randint(0, 10, (6,))
+    full, full_counts = fourier.heatmap(model, x, y, eps=2.0, progress=False, return_counts=True)
+    coarse, counts = fourier.heatmap(model, x, y, eps=2.0, progress=False, return_counts=True,
+                                     stride=3)  # fmt: skip
+    on_grid = (fourier.frequency_grid(12, 12) % 3 == 0).all(-1)
+    assert torch.equal(counts[on_grid], full_counts[on_grid])
+    assert (counts[~on_grid] == -1).all() and coarse[~on_grid].isnan().all()
+    profile = fourier.radial_profile(coarse)
+    assert profile[0] == full[6, 6] and profile.isnan().any()
+    assert fourier.plot_heatmap(coarse, tmp_path / "coarse.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="stride must be an int >= 1"):
+        fourier.heatmap(model, x, y, eps=2.0, progress=False, stride=0)

@@ -4,8 +4,11 @@ Failure" (Pintor et al. 2022). Each returns a verdict, the figure behind it and 
 
 Comparative checks ask whether a weaker attack (black-box, transfer, single step, random
 sampling, a longer run) breaks a point that the white-box reference, APGD-CE followed by
-targeted APGD-DLR, left robust. Their verdict: pass when no point, warn when one point or at
-most 1 % of the attacked points, fail above.
+targeted APGD-DLR, left robust. Both attacks run on the same images, so the verdict comes from
+paired tests (``robustkern.stats.paired_verdict``): pass when no point; fail when the other
+attack is significantly stronger (McNemar) or breaks significantly more than 1 % of the
+attacked points; warn for a point or two within that 1 %; inconclusive when more points fell
+but the sample is too small to tell a failing attack from noise.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ import torch.nn.functional as F
 from robustkern import attacks
 from robustkern.attacks._common import GradientUnavailable, check_inputs, loss_and_grad
 from robustkern.evaluation.core import Cascade, eval_mode, model_device
+from robustkern.stats import ALPHA, exceeds, mcnemar, paired_verdict
 
-VERDICTS = ("pass", "warn", "fail")
+VERDICTS = ("pass", "warn", "inconclusive", "fail")  # from best to worst
 WARN_FRACTION = 0.01  # comparative checks: up to this fraction of points is a warning
 
 
 @dataclass
 class Indicator:
     name: str
-    verdict: str  # "pass" | "warn" | "fail"
+    verdict: str  # one of VERDICTS
     value: float  # the figure behind the verdict (see detail)
     detail: str  # one line: what was measured and what it means
 
@@ -124,6 +128,7 @@ class _Checks:
 
     def _beats_white(self, name: str, fooled: torch.Tensor, what: str) -> Indicator:
         extra = int((fooled & self.correct & ~self.white).sum())
+        missed = int((self.white & self.correct & ~fooled).sum())  # white-box only
         detail = (
             f"{what} broke {extra} of {self.n_correct} correctly classified points that the "
             f"white-box attack left robust"
@@ -131,9 +136,14 @@ class _Checks:
         if self.white_error:
             detail += " (the white-box attack could not run: no input gradient)"
             return Indicator(name, "fail", float(extra), detail)
-        if extra:
-            detail += ": the white-box attack is failing (masked or obfuscated gradients)"
-        return Indicator(name, _grade(extra, self.n_correct), float(extra), detail)
+        verdict, test = paired_verdict(extra, missed, self.n_correct, WARN_FRACTION)
+        detail += "" if verdict == "pass" else f" ({test})"
+        detail += {
+            "fail": ": the white-box attack is failing (masked or obfuscated gradients)",
+            "inconclusive": ": too few images to tell a failing white-box attack from noise; "
+            "rerun on more images",
+        }.get(verdict, "")
+        return Indicator(name, verdict, float(extra), detail)
 
     def softmax_outputs(self) -> Indicator:
         z = self.logits.float()
@@ -320,35 +330,36 @@ class _Checks:
         return Indicator("unbounded attack", _grade(robust, self.n_correct), float(robust), detail)
 
     def eps_curve(self) -> Indicator:
-        """Robust accuracy must fall as eps grows and reach chance once eps is half the box."""
-        classes, half = self.logits.shape[1], self._diameter() / 2
+        """Robust accuracy must fall as eps grows and reach chance once eps is half the box;
+        both judged by tests on the same images, so a point or two is not a failure."""
+        name, classes, half = "robust accuracy vs eps", self.logits.shape[1], self._diameter() / 2
         grid = [self.eps / 4, self.eps / 2]
         while grid[-1] < half:
             grid.append(min(grid[-1] * 2, half))
-        accs = []
-        for e in grid:
-            fooled = self._apgd_fooled(e)
-            accs.append((self.correct & ~fooled).float().mean().item())
-        curve = ", ".join(f"{e:.3g}: {100 * a:.1f} %" for e, a in zip(grid, accs, strict=True))
-        rises = max((b - a for a, b in itertools.pairwise(accs)), default=0.0)
-        if rises > WARN_FRACTION:
-            return Indicator(
-                "robust accuracy vs eps", "fail", rises, f"robust accuracy rises with eps ({curve})"
-            )
-        if accs[-1] > 1 / classes + WARN_FRACTION:
-            return Indicator(
-                "robust accuracy vs eps",
-                "fail",
-                accs[-1],
-                f"robust accuracy stays above chance ({100 / classes:.0f} %) at "
-                f"large eps ({curve})",
-            )
-        return Indicator(
-            "robust accuracy vs eps",
-            "warn" if rises > 0 else "pass",
-            accs[-1],
-            f"falls with eps and reaches chance ({curve})",
+        robust = [self.correct & ~self._apgd_fooled(e) for e in grid]
+        n = len(self.x)
+        curve = ", ".join(
+            f"{e:.3g}: {100 * r.float().mean().item():.1f} %"
+            for e, r in zip(grid, robust, strict=True)
         )
+        # per step of the grid: b points robust only at the larger eps, c only at the smaller
+        steps = [(int((b & ~a).sum()), int((a & ~b).sum())) for a, b in itertools.pairwise(robust)]
+        b, c = max(steps, key=lambda bc: bc[0] - bc[1], default=(0, 0))
+        rise = (b - c) / n
+        if b > c:
+            p = mcnemar(b, c)
+            verdict = "fail" if p < ALPHA else "inconclusive" if rise > WARN_FRACTION else "warn"
+            detail = f"robust accuracy rises with eps ({curve}; McNemar p = {p:.2g})"
+            return Indicator(name, verdict, rise, detail)
+        left, chance = int(robust[-1].sum()), 1 / classes
+        if left / n > chance + WARN_FRACTION:
+            p = exceeds(left, n, chance + WARN_FRACTION)
+            detail = (
+                f"robust accuracy stays above chance ({100 * chance:.0f} %) at large eps "
+                f"({curve}; p = {p:.2g})"
+            )
+            return Indicator(name, "fail" if p < ALPHA else "inconclusive", left / n, detail)
+        return Indicator(name, "pass", left / n, f"falls with eps and reaches chance ({curve})")
 
     def _diameter(self) -> float:
         width = float(self.bounds[1]) - float(self.bounds[0])
