@@ -12,6 +12,9 @@ from torch import nn
 
 from robustkern import models, reference, spectral
 from robustkern.cli import main
+from robustkern.nn import Normalize
+from robustkern.suite import internals
+from robustkern.suite.core import Suite, Threat
 from tests.conftest import DEVICES
 
 OP = torch.ops.robustkern.conv_singular_values
@@ -282,6 +285,16 @@ def empirical_lipschitz(model, x, trials=64):
     return best
 
 
+def randomise_batchnorm(model):
+    """Non-trivial BatchNorm statistics and scales, to fold in."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
 @pytest.mark.parametrize(
     "build",
     [
@@ -292,11 +305,7 @@ def empirical_lipschitz(model, x, trials=64):
     ids=["small_cnn", "small_resnet", "fc"],
 )
 def test_table_bounds_the_model(build):
-    model = build().eval()
-    for m in model.modules():  # non-trivial BatchNorm statistics to fold in
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
+    model = randomise_batchnorm(build().eval())
     shape = (64,) if isinstance(model[0], nn.Flatten) else (1, 12, 12)
     table = spectral.lipschitz_table(model, shape, lower_bound=True)
     x = torch.rand(16, *shape)
@@ -308,9 +317,162 @@ def test_table_bounds_the_model(build):
             assert row.lower <= row.upper * (1 + 1e-6)
     names = {r.name for r in table.rows}
     convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert all(n.replace("body.", "") in names or n in names for n in convs)
+    assert all(n in names for n in convs)
     assert "product" in str(table)
     assert json.loads(table.to_json())["product"] == pytest.approx(table.product)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: ``out += identity`` and one ReLU module called twice."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet layout, narrow: conv-bn-relu-maxpool stem, two stages, avgpool, fc."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(BasicBlock(width, width))
+        self.layer2 = nn.Sequential(BasicBlock(width, 2 * width, stride=2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(2 * width, 10)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class PlainCNN(nn.Module):
+    def __init__(self, c_in=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3)
+        self.fc1 = nn.Linear(8 * 2 * 2, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class MobileNetBlock(nn.Module):
+    """A stem, then a depthwise-separable inverted-residual block (ReLU6), pool and head."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c),
+                                  nn.ReLU6())  # fmt: skip
+        self.depthwise = nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.pointwise = nn.Conv2d(c, c, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.bn2(self.pointwise(F.relu6(self.bn1(self.depthwise(x)))))
+        x = x + y
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class Normalized(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.normalize = Normalize((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+        self.net = PlainCNN(3)
+
+    def forward(self, x):
+        return self.net(self.normalize(x))
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 32), nn.Linear(32, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.gelu(self.fc1(x.view(x.size(0), -1)))
+        return self.fc3(torch.tanh(self.fc2(x)) * 0.5)
+
+
+USER_MODELS = [
+    (ResNet, (3, 16, 16)),
+    (PlainCNN, (1, 12, 12)),
+    (MobileNetBlock, (3, 8, 8)),
+    (Normalized, (3, 12, 12)),
+    (MLP, (1, 8, 8)),
+]
+
+
+@pytest.mark.parametrize(("build", "shape"), USER_MODELS, ids=[m[0].__name__ for m in USER_MODELS])
+def test_users_models_are_bounded_through_their_forward(build, shape):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build()).eval()
+    table = spectral.lipschitz_table(model, shape)
+    assert math.isfinite(table.product) and not table.unbounded(), str(table)
+    assert table.product >= empirical_lipschitz(model, torch.rand(8, *shape), trials=16)
+    names = {r.name for r in table.rows}
+    weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert set(weighted) <= names
+    assert not any(r.kind == "BatchNorm2d" for r in table.rows)  # each folded into its conv
+    joins = [r for r in table.rows if r.note.startswith("residual addition")]
+    assert len(joins) == {ResNet: 2, MobileNetBlock: 1}.get(build, 0)
+    assert all(r.upper > 1 for r in joins)  # 1 + L_branch, or L_shortcut + L_branch
+
+
+def test_a_torch_export_program_gets_the_eager_bound():
+    model = randomise_batchnorm(models.small_resnet(1, 10)).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},))
+    exported = spectral.lipschitz_table(models.ExportedModel(program.module()), (1, 8, 8))
+    eager = spectral.lipschitz_table(model, (1, 8, 8))
+    assert exported.product == pytest.approx(eager.product, rel=1e-6)  # aten ops, BN folded
+
+
+class Joins(nn.Module):
+    """A linear map whose norm the bound must meet exactly: [2x + x, x / 4, -2x]."""
+
+    def __init__(self):
+        super().__init__()
+        self.twice = nn.Linear(3, 3, bias=False)
+        self.twice.weight.data = 2 * torch.eye(3)
+
+    def forward(self, x):
+        return torch.cat([self.twice(x) + x, x / 4, x * -2], 1)
+
+
+def test_residual_additions_add_and_concatenations_add_in_quadrature():
+    table = spectral.lipschitz_table(Joins(), (3,))
+    assert table.product == pytest.approx(math.sqrt(3**2 + 0.25**2 + 2**2), rel=1e-6)
+    add = next(r for r in table.rows if r.kind == "add")
+    assert add.upper == pytest.approx(3.0) and "L_a + L_b = 2 + 1" in add.note
 
 
 def test_batchnorm_is_folded_into_the_conv_before_it():
@@ -322,14 +484,66 @@ def test_batchnorm_is_folded_into_the_conv_before_it():
     assert len(table.rows) == 1 and table.product == pytest.approx(want, rel=1e-5)
 
 
-def test_unknown_layers_are_listed_not_skipped():
-    class Odd(nn.Module):
-        def forward(self, x):
-            return x * x
+class Square(nn.Module):
+    def forward(self, x):
+        return x * x
 
-    table = spectral.lipschitz_table(nn.Sequential(nn.Linear(4, 4), Odd()), (4,))
+
+class Scale(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_unknown_layers_are_listed_not_skipped():
+    table = spectral.lipschitz_table(nn.Sequential(nn.Linear(4, 4), Square()), (4,))
     assert table.product == math.inf
     assert "cannot bound" in table.rows[-1].note
+
+
+class DataDependent(nn.Module):
+    def __init__(self, features=4):
+        super().__init__()
+        self.fc = nn.Linear(features, 4)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if x.sum() > 0:  # control flow on the input's values: torch.fx cannot trace it
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_an_untraceable_model_is_one_row_that_says_why():
+    table = spectral.lipschitz_table(DataDependent(), (4,))
+    assert table.product == math.inf
+    (row,) = table.rows
+    assert row.upper == math.inf and table.unbounded() == [row]
+    assert "DataDependent" in row.note and "control flow" in row.note
+    with pytest.raises(ValueError, match="does not fit"):
+        spectral.lipschitz_table(DataDependent(), (5,))
+
+
+def test_suite_check_warns_and_names_what_it_could_not_bound(tmp_path):
+    threat = Threat("linf", 0.1, "test")
+    suite = Suite({}, torch.rand(4, 1, 4, 4), torch.zeros(4), threat, [threat], tmp_path)
+    bounded = internals.lipschitz(suite, "cnn", models.small_cnn(1, 10, width=2))
+    assert bounded.verdict == "info" and math.isfinite(bounded.figures["product"])
+    # all bounds inf (the log axis had nothing to show), then finite, inf and 0 bounds together
+    untraceable = internals.lipschitz(suite, "untraceable", DataDependent(16))
+    assert untraceable.verdict == "warn" and "(model)" in untraceable.summary
+    assert "control flow" in untraceable.summary
+    squares = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), Square(), Scale(0.0))
+    mixed = internals.lipschitz(suite, "mixed", squares)
+    assert mixed.verdict == "info" and mixed.figures["product"] == 0  # times 0: a constant
+    squares[-1] = Scale(2.0)
+    unknown = internals.lipschitz(suite, "unknown", squares)
+    assert unknown.verdict == "warn" and unknown.figures["unbounded"] == ["2.mul"]
+    assert "2.mul (product of input-dependent tensors" in unknown.summary
+    for outcome in (untraceable, mixed, unknown):
+        assert (tmp_path / outcome.images[0]["path"]).stat().st_size > 0
 
 
 def test_an_input_shape_the_model_cannot_take_is_named():

@@ -332,25 +332,42 @@ def _features(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tens
 
 def lipschitz(suite: Suite, name: str, model: nn.Module) -> Outcome:
     table = spectral.lipschitz_table(model, tuple(suite.x.shape[1:]))
+    uppers = [r.upper for r in table.rows]
     rows = [
         [r.name, r.kind, "x".join(map(str, r.weight_shape or ())), f"{r.upper:.4g}", r.note]
         for r in table.rows
     ]
+    # a log axis holds finite positive bounds only: inf (not bounded) and 0 are marked in red
+    drawn = [i for i, u in enumerate(uppers) if 0 < u < float("inf")]
+    low = min((uppers[i] for i in drawn), default=1.0) / 4
+    high = max((uppers[i] for i in drawn), default=1.0) * 4
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rows) + 1.5), 3.2))
-    ax.bar(range(len(rows)), [r.upper for r in table.rows], color="tab:blue")
-    ax.set_xticks(range(len(rows)), [r.name for r in table.rows], rotation=60, fontsize=7)
     ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    ax.set_xlim(-0.6, len(rows) - 0.4)  # the markers, not just the bars
+    ax.bar(drawn, [uppers[i] - low for i in drawn], bottom=low, color="tab:blue")
+    for i, u in enumerate(uppers):
+        if not 0 < u < float("inf"):
+            y = high / 2 if u > 0 else low * 2
+            ax.text(i, y, f"{u:.3g}", color="tab:red", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(rows)), [r.name for r in table.rows], rotation=60, fontsize=7)
     ax.set_ylabel("upper Lipschitz bound (L2)")
-    ax.set_title(f"product {table.product:.4g}")
+    ax.set_title(f"network bound {table.product:.4g}")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    image = suite.save(fig, "lipschitz", name, caption="per-layer upper bounds (log scale)")
+    caption = "per-layer upper bounds (log scale); red: not bounded (inf) or 0"
+    image = suite.save(fig, "lipschitz", name, caption=caption)
+    unbounded = table.unbounded()
     finite = table.product < float("inf")
-    summary = f"product of the per-layer bounds: {table.product:.4g}" + (
-        "" if finite else " (a layer could not be bounded)"
-    )
-    figures = {"product": table.product, "layers": len(rows)}
+    summary = f"Lipschitz upper bound of the network (L2): {table.product:.4g}"
+    if not finite:
+        why = [f"{r.name} ({r.note.removeprefix('cannot bound: ')})" for r in unbounded[:3]]
+        named = "; ".join(why)
+        more = f" and {len(unbounded) - 3} more" if len(unbounded) > 3 else ""
+        summary += f": could not bound {named}{more}" if unbounded else " (the bound overflowed)"
+    figures = {"product": table.product, "layers": len(rows),
+               "unbounded": [r.name for r in unbounded]}  # fmt: skip
     columns = ["layer", "kind", "weight", "upper bound", "note"]
     return Outcome(
         "info" if finite else "warn",
