@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustkern import cli, models, sweep
+from robustkern import cli, models, stats, sweep
 from robustkern.evaluation import evaluate
-from robustkern.sweep import engine, store
+from robustkern.sweep import budget, engine, grid, store
 from robustkern.sweep.config import AttackSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +182,9 @@ kwargs = { in_channels = 1, num_classes = 10, width = 16 }
          "model 'm' has 4 outputs but the data has 10 classes"),
         (PGD, "needs at least one [[models]] entry"),
         (CNN.format(name="m") + PGD + '[run]\nshare = "sometimes"\n', "share must be one of"),
+        (CNN.format(name="m") + PGD + '[run]\nbudget = "soon"\n',
+         "[run] budget: budget must look like 600, 90s, 10m or 1h30m, got 'soon'"),
+        (CNN.format(name="m") + PGD + "[run]\nbudget = -5\n", "[run] budget: budget must be a"),
     ],
 )  # fmt: skip
 def test_bad_sweep_files_fail_before_any_work(tmp_path, cnn, body, message, capsys):
@@ -359,7 +363,7 @@ def test_changed_eps_list_or_weights_run_only_the_new_cells(tmp_path, cnn):
     assert (len(cells), missing) == (4, 0)
     assert len(sweep.report.load_cells(tmp_path / "results.db")[0]) == 8  # the store keeps all
     (weights,) = {c["config"]["model"]["sha256"] for c in cells}
-    assert weights != engine._fingerprint_model(cnn)  # only the new weights' cells
+    assert weights != grid.fingerprint_model(cnn)  # only the new weights' cells
 
 
 def test_model_files_and_npz_data(tmp_path, cnn, digits_model):
@@ -384,18 +388,36 @@ def test_model_files_and_npz_data(tmp_path, cnn, digits_model):
     assert len(acc) == 6
 
 
-def test_report_tables_and_plot(tmp_path, cnn, capsys):
+def test_report_tables_and_plot(tmp_path, cnn, capsys, monkeypatch):
+    from matplotlib.axes import Axes
+
+    bands, fill_between = [], Axes.fill_between
+    monkeypatch.setattr(Axes, "fill_between", lambda ax, x, lo, hi, **kw: bands.append(
+        (list(x), list(lo), list(hi))) or fill_between(ax, x, lo, hi, **kw))  # fmt: skip
     path = write_sweep(tmp_path, CNN.format(name="cnn") + PGD, cnn)
     engine.run(sweep.load(path), progress=False, log=lambda _: None)
     assert cli.main(["sweep", "report", str(path), "--out", str(tmp_path / "r")]) == 0
     text = capsys.readouterr().out
     assert "| cnn | pgd | linf | 0.1 (= 25.5/255) | 200 |" in text
+    with sweep.Store(tmp_path / "results.db") as db:
+        cells = db.cells()
+    for c in cells:  # each accuracy with its Wilson interval, "94.2 % [92.0, 95.9]"
+        clean = stats.percent_with_interval(c["clean_correct"], c["n"])
+        robust = stats.percent_with_interval(c["robust_correct"], c["n"])
+        assert f"| {clean} | {robust} |" in text
     with open(tmp_path / "r" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["eps"] for r in rows] == ["0.05 (= 12.75/255)", "0.1 (= 25.5/255)", "0.2 (= 51/255)"]
     assert float(rows[0]["robust %"]) > float(rows[2]["robust %"])
+    for row, c in zip(rows, cells, strict=True):
+        low, high = stats.interval(c["robust_correct"], c["n"])
+        assert (float(row["robust low %"]), float(row["robust high %"])) == (
+            round(100 * low, 1), round(100 * high, 1))  # fmt: skip
+        assert float(row["clean low %"]) < float(row["clean %"]) < float(row["clean high %"])
     png = (tmp_path / "r" / "robust_accuracy.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert bands == [([c["eps"] for c in cells], [100 * c["robust_low"] for c in cells],
+                      [100 * c["robust_high"] for c in cells])]  # fmt: skip
     assert cli.main(["sweep", "report", str(tmp_path / "results.db"), "--csv"]) == 0
     assert capsys.readouterr().out.count("\n") == 4
     assert cli.main(["sweep", "report", str(tmp_path / "other.db")]) == 2
@@ -403,15 +425,159 @@ def test_report_tables_and_plot(tmp_path, cnn, capsys):
 
 
 def test_agreement_pairs_cells_of_the_same_weights_and_data():
-    def cell(attack, weights, robust):
+    def cell(attack, weights, robust, id=0):
         config = {"model": {"sha256": weights}, "data": {"sha256": "d"}}
-        return {"model": "cnn", "attack": attack, "attack_name": attack, "norm": "linf",
-                "eps": 0.1, "robust_accuracy": robust, "config": config}  # fmt: skip
+        counts = store.intervals(100, 100, round(100 * robust))
+        return {"id": id, "model": "cnn", "attack": attack, "attack_name": attack,
+                "norm": "linf", "eps": 0.1, "robust_accuracy": robust, "config": config,
+                **counts}  # fmt: skip
 
-    old, new = cell("pgd", "old", 0.9), cell("pgd", "new", 0.5)
-    text = sweep.report.agreement([old, new, cell("min-norm", "new", 0.52)])
-    assert "| 52.0 | pgd | 50.0 | +2.0 |" in text  # not against the old weights' 90.0
+    old, new = cell("pgd", "old", 0.9), cell("pgd", "new", 0.5, id=1)
+    text = sweep.report.agreement([old, new, cell("min-norm", "new", 0.52, id=2)])
+    assert "| 52.0 % [42.3, 61.5] | pgd | 50.0 % [40.4, 59.6] | +2.0 | - |" in text  # not 90.0
     assert sweep.report.agreement([old, cell("min-norm", "new", 0.52)]) == ""
+
+    def outcomes(robust_examples):  # cell id -> the Store.outcomes rows of 100 examples
+        return lambda cell_id: [{"example": i, "robust_correct": int(i in robust_examples[cell_id])}
+                                for i in range(100)]  # fmt: skip
+
+    # the curve robust on 2 examples the fixed-eps attack broke, and it on 1 the curve broke
+    noise = outcomes({1: set(range(50)), 2: set(range(1, 50)) | {60, 61}})
+    text = sweep.report.agreement([new, cell("min-norm", "new", 0.52, id=2)], noise)
+    assert "| +2.0 | within noise, p = 1 (2 / 1) |" in text  # exact McNemar: 2 * P(X <= 1)
+    # 8 examples robust under the curve only: the curve is weaker there, p = 2 / 2^8
+    weaker = outcomes({1: set(range(50)), 2: set(range(58))})
+    text = sweep.report.agreement([new, cell("min-norm", "new", 0.58, id=2)], weaker)
+    assert "| +8.0 | significant, p = 0.0078 (8 / 0) |" in text
+
+
+def test_store_migrates_version_1_in_one_transaction(tmp_path, cnn, monkeypatch):
+    """A v1 store (this code's store with the interval columns dropped, the v1 view and
+    version) gains the columns, filled from the counts; a failed migration leaves it v1."""
+    path = write_sweep(tmp_path, CNN.format(name="cnn") + PGD.replace("steps = 5", "steps = 2")
+                       + '[[attacks]]\nname = "none"\n', cnn, limit=50)  # fmt: skip
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    db = tmp_path / "results.db"
+    with sqlite3.connect(db) as con:
+        fresh = con.execute("SELECT n, clean_correct, robust_correct, clean_low, clean_high, "
+                            "robust_low, robust_high FROM cells").fetchall()  # fmt: skip
+        assert all((lo, hi, rlo, rhi) == (*stats.interval(c, n), *stats.interval(r, n))
+                   for n, c, r, lo, hi, rlo, rhi in fresh)  # fmt: skip
+        con.executescript("""
+            DROP VIEW summary;
+            ALTER TABLE cells DROP COLUMN clean_low; ALTER TABLE cells DROP COLUMN clean_high;
+            ALTER TABLE cells DROP COLUMN robust_low; ALTER TABLE cells DROP COLUMN robust_high;
+            CREATE VIEW summary AS
+                SELECT model, attack, norm, eps, n, clean_accuracy, robust_accuracy, seconds, share
+                FROM cells ORDER BY model, attack, norm, eps;
+            UPDATE meta SET value = '1' WHERE key = 'schema_version';
+            INSERT INTO cells SELECT NULL, 'empty', sweep, model, 'empty', attack_name, norm, eps,
+                0, 0, 0, NULL, NULL, config, code_version, torch_version, device, world_size,
+                share, group_id, seconds, started_at, finished_at FROM cells LIMIT 1;
+        """)  # fmt: skip
+        v1 = con.execute("SELECT id, n, clean_correct, robust_correct FROM cells").fetchall()
+
+    def columns():
+        with sqlite3.connect(db) as con:
+            version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            return version[0], [r[1] for r in con.execute("PRAGMA table_info(cells)")]
+
+    def broken(*counts):
+        raise RuntimeError("killed mid-migration")
+
+    monkeypatch.setattr(store, "intervals", broken)
+    with pytest.raises(RuntimeError, match="killed mid-migration"):
+        sweep.Store(db)
+    assert columns() == ("1", ["id", *store.CELL_COLUMNS[:-4]])  # rolled back whole
+    monkeypatch.undo()
+    with sweep.Store(db) as migrated:
+        cells = {c["id"]: c for c in migrated.cells()}
+    assert columns() == ("2", ["id", *store.CELL_COLUMNS])
+    assert len(cells) == len(v1) == 5
+    for cell_id, n, clean, robust in v1:
+        c = cells[cell_id]
+        expected = (*stats.interval(clean, n), *stats.interval(robust, n)) if n else (None,) * 4
+        assert tuple(c[k] for k in store.INTERVAL_COLUMNS) == expected
+    with sqlite3.connect(db) as con:
+        names = [d[0] for d in con.execute("SELECT * FROM summary").description]
+        assert {"clean_low", "clean_high", "robust_low", "robust_high"} <= set(names)
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with pytest.raises(ValueError, match="has results schema '3'; this robustkern reads version 2"):
+        sweep.Store(db)
+
+
+def budget_sweep(tmp_path, cnn, budget: str) -> Path:
+    return write_sweep(tmp_path, CNN.format(name="cnn") + PGD + f'[run]\nbudget = "{budget}"\n',
+                       cnn)  # fmt: skip
+
+
+def test_budget_chooses_n_that_acts_as_limit(tmp_path, cnn, monkeypatch):
+    """Costs fixed at 10 ms per gradient example: 1 + 15 passes per example (PGD-5 at 3 eps)
+    make about 0.15 s, so a 10 s budget fits some 60 of the 200 examples, whatever the
+    machine (the run itself takes far less)."""
+    monkeypatch.setattr(budget, "measure", lambda *a: budget.ModelCost(0.001, 0.01))
+    path = budget_sweep(tmp_path, cnn, "10s")
+    lines: list[str] = []
+    summary = engine.run(sweep.load(path), progress=False, log=lines.append)
+    text = "\n".join(lines)
+    assert "budget 10 s: seconds per example, measured on 64 examples" in text
+    assert "  model cnn: forward 1 ms, gradient 10 ms" in text
+    assert "  cnn / pgd linf (3 eps): 151 ms" in text
+    found = re.search(r"budget plan: n = (\d+) of 200 examples per cell \(as \[data\] limit = "
+                      r"(\d+)\), about [\d.]+ s of 10 s on 1 rank\(s\)", text)  # fmt: skip
+    n = int(found[1])
+    assert 30 < n < 67 and found[2] == found[1] and summary.examples == n
+    assert f"sweep {path}: {n} examples" in text
+    with sweep.Store(tmp_path / "results.db") as db:
+        cells = db.cells()
+    assert [c["n"] for c in cells] == [n] * 3
+    assert {c["config"]["data"]["limit"] for c in cells} == {n}
+    # exactly [data] limit = n: that sweep finds every cell recorded
+    limited = write_sweep(tmp_path, CNN.format(name="cnn") + PGD, cnn, limit=n)
+    assert engine.run(sweep.load(limited), progress=False, log=lambda _: None).skipped == 3
+    # the report of the budgeted sweep file finds the cells of its n
+    budget_sweep(tmp_path, cnn, "10s")
+    cells, _, missing = sweep.report.load_cells(path)
+    assert (len(cells), missing) == (3, 0)
+
+
+def test_budget_too_short_or_long_enough(tmp_path, cnn, capsys):
+    path = budget_sweep(tmp_path, cnn, "0.001s")
+    message = r"the time budget of 0.001 s cannot fit one example per cell: that needs about "
+    with pytest.raises(sweep.SweepError, match=message + r"[\d.e-]+ s here") as caught:
+        engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    needed = float(re.search(r"needs about ([\d.e-]+) s", str(caught.value))[1])
+    assert needed > 0.001
+    assert cli.main(["sweep", "run", str(path), "--no-progress"]) == 2
+    assert "cannot fit one example per cell" in capsys.readouterr().err
+    with sweep.Store(tmp_path / "results.db") as db:
+        assert db.cells() == []
+    # --budget overrides the file: a generous one runs every example, as the file says
+    assert cli.main(["sweep", "run", str(path), "--no-progress", "--budget", "1h"]) == 0
+    out = capsys.readouterr().out
+    assert "budget plan: n = 200 of 200 examples per cell (all)" in out
+    with sweep.Store(tmp_path / "results.db") as db:
+        assert {c["config"]["data"]["limit"] for c in db.cells()} == {200}
+    assert cli.main(["sweep", "run", str(path), "--budget", "soon"]) == 2
+    assert "--budget: budget must look like" in capsys.readouterr().err
+
+
+def test_budget_counts_passes_and_the_busiest_rank():
+    def spec(name, **params):
+        return AttackSpec(label=name, name=name, norm="linf", eps=(0.1,), params=params)
+
+    assert budget.passes(spec("pgd", steps=5, restarts=2), 3) == (1, 30)
+    assert budget.passes(spec("apgd", steps=10, targeted=True, n_targets=3), 2) == (1, 60)
+    assert budget.passes(spec("square", queries=100), 2) == (201, 0)
+    assert budget.passes(spec("min-norm", steps=20), 2) == (1, 20 + 10 * 2)  # FMN + checks
+    assert budget.passes(spec("fast", steps=10), 1) == (1, 10 + 10 * 3)  # APGD-CE, APGD-T x 3
+    assert budget.passes(spec("standard", steps=10, queries=50), 1) == (51, 10 + 10 * 9)
+    assert budget.passes(spec("none"), 1) == (1, 0)
+    # 24-example batches over 2 ranks: rank 0 takes batches 0, 2, ...
+    assert budget.largest_fitting(1.0, 30, 200, 24, 1) == 30
+    assert budget.largest_fitting(1.0, 30, 200, 24, 2) == 54  # 24 + 6 on rank 0
+    assert budget.largest_fitting(1.0, 30, 40, 24, 2) == 40
+    assert budget.largest_fitting(1.0, 0.5, 200, 24, 2) == 0
 
 
 def test_cascade_presets_take_one_eps_per_sample(tmp_path, cnn):

@@ -2,10 +2,13 @@
 torch.distributed ranks, resumable, results in an SQLite store.
 
 * ``config``: the sweep file, checked in full before any work (``load``, ``SweepError``).
+* ``grid``: the cells (model x attack x eps) and the hashes that identify them.
 * ``engine``: ``run(sweep)``, cells grouped per model and attack so that eps values share work
   (see its docstring for the sharing modes and the sharding).
 * ``store``: the SQLite schema (documented there) and ``Store``.
-* ``report``: markdown/CSV tables and robust-accuracy-vs-eps plots (``write``).
+* ``budget``: sizing the run to ``[run] budget`` (the number of examples per cell).
+* ``report``: markdown/CSV tables and robust-accuracy-vs-eps plots (``write``), every accuracy
+  with its 95 % interval.
 
 Sweep file::
 
@@ -30,6 +33,7 @@ Sweep file::
     batch_size = 256           # rows per attack call (share = "batch": / the eps count)
     device = "auto"            # "auto", "cpu", "cuda"
     share = "auto"             # "cascade" (CPU default), "batch" (GPU default) or "none"
+    budget = "30m"             # optional: as many examples (the first n) as fit, see budget
 """
 
 from robustkern.sweep.config import ATTACKS, Sweep, SweepError, load

@@ -21,6 +21,7 @@ else:  # pragma: no cover
 
 from robustkern import data as datasets
 from robustkern.attacks import NORMS
+from robustkern.timebudget import parse_budget
 
 SPLITS = ("test", "train", "all")
 SHARING = ("auto", "cascade", "batch", "none")
@@ -109,6 +110,7 @@ class Sweep:
     batch_size: int = 256
     device: str = "auto"
     share: str = "auto"
+    budget: float | None = None  # seconds for the pending cells (sizes n, see sweep.budget)
 
 
 def load(path: str | Path) -> Sweep:
@@ -124,7 +126,7 @@ def load(path: str | Path) -> Sweep:
     where.keys(raw, "the file", {"data", "models", "attacks", "store", "run"})
     base = path.resolve().parent
     run = _table(raw, "run", where)
-    where.keys(run, "[run]", {"seed", "batch_size", "device", "share"})
+    where.keys(run, "[run]", {"seed", "batch_size", "device", "share", "budget"})
     store = _table(raw, "store", where)
     where.keys(store, "[store]", {"path"})
     models = _array(raw, "models", where)
@@ -139,6 +141,7 @@ def load(path: str | Path) -> Sweep:
         batch_size=where.positive(run.get("batch_size", 256), "[run] batch_size"),
         device=where.typed(run.get("device", "auto"), str, "[run] device"),
         share=where.choice(run.get("share", "auto"), SHARING, "[run] share"),
+        budget=budget_seconds(run.get("budget"), "[run] budget", where),
     )
     where.unique([m.name for m in sweep.models], "model name", "[[models]]")
     where.unique(
@@ -177,6 +180,18 @@ def cell_config(
         },
         "seed": sweep.seed,
     }
+
+
+def budget_seconds(value, what: str, where: _Where | None = None) -> float | None:
+    """Seconds from a budget as written ("30m", "1h30m", 600, "none": no budget); a SweepError
+    naming ``what`` (and the file, given ``where``) otherwise."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError(f"budget must look like 600, 90s, 10m or 1h30m, got {value!r}")
+        return parse_budget(value)
+    except (ValueError, TypeError) as e:
+        message = f"{what}: {e}"
+        raise (where.fail(message) if where else SweepError(message)) from None
 
 
 def config_hash(config: dict) -> str:

@@ -20,38 +20,33 @@ All three report the same quantity: an example is robust at eps when it is class
 and no adversarial point was found at that eps or a smaller one in the list. ``min-norm``
 needs no sharing: one run of the minimum-norm attack gives each example's smallest adversarial
 distance, hence every eps at once (robust at eps when that distance exceeds eps).
+
+With ``[run] budget`` (or ``run(budget=)``) the run covers the first n examples, n chosen so
+that the pending cells fit (``sweep.budget``); n then acts exactly as ``[data] limit = n``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from robustkern import attacks, data, models
 from robustkern._env import code_version, derived_seed, device_name, world
+from robustkern._progress import progress_bar
 from robustkern.checks import check_finite, check_model_fits, warn_unusual_eps
 from robustkern.evaluation import eval_mode, model_device, outcome_fn
-from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, cell_config, config_hash
+from robustkern.sweep.budget import VERIFY_STEPS, examples_for_budget, with_limit
+from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, budget_seconds, config_hash
+from robustkern.sweep.grid import Cell, fingerprints, plan
 from robustkern.sweep.store import Store
-
-
-@dataclass
-class Cell:
-    model: ModelSpec
-    attack: AttackSpec
-    eps: float
-    config: dict
-    hash: str
 
 
 @dataclass
@@ -61,6 +56,7 @@ class Summary:
     computed: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    examples: int = 0  # per cell: the data's size after limit, or the n a budget chose
     lines: list[str] = field(default_factory=list)  # one result line per computed cell
 
 
@@ -68,14 +64,18 @@ def run(
     sweep: Sweep,
     *,
     device: str | None = None,
+    budget: str | float | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Summary:
     """Runs every cell of ``sweep`` not yet in its store. Under torchrun (WORLD_SIZE > 1) the
     process group is initialised here if needed (nccl on CUDA, gloo on CPU). Everything that
     can be checked (data, models and their weights, models against the data) is checked on
-    every rank before any attack runs."""
+    every rank before any attack runs. ``budget`` ("30m"; "none": no budget) overrides
+    ``[run] budget``."""
     start = time.perf_counter()
+    if budget is not None:
+        sweep = replace(sweep, budget=budget_seconds(budget, "--budget"))
     own_group = _init_distributed(device or sweep.device)
     rank, world_size = world()
     dev = _device(device or sweep.device)
@@ -83,7 +83,12 @@ def run(
     try:
         x, y, nets, groups = prepare(sweep, dev)
         finished = _finished_cells(sweep, rank)
-        summary = Summary()
+        if sweep.budget is not None:
+            n = examples_for_budget(sweep, x, y, nets, groups, finished, start, say)
+            if n < len(x):  # exactly as [data] limit = n: other data, other cells
+                sweep, x, y = with_limit(sweep, n), x[:n], y[:n]
+                groups = plan(sweep, fingerprints(x, y, nets))
+        summary = Summary(examples=len(x))
         total = sum(len(g) for g in groups)
         pending = [[c for c in g if c.hash not in finished] for g in groups]
         summary.skipped = total - sum(len(g) for g in pending)
@@ -135,22 +140,7 @@ def prepare(sweep: Sweep, device: torch.device) -> tuple:
     for attack in sweep.attacks:
         for e in attack.eps:
             warn_unusual_eps(e, attack.norm, (0.0, 1.0), x[0].numel())
-    fingerprints = {"data": _fingerprint_data(x, y)}
-    fingerprints.update({name: _fingerprint_model(net) for name, net in nets.items()})
-    return x, y, nets, plan(sweep, fingerprints)
-
-
-def plan(sweep: Sweep, fingerprints: dict[str, str]) -> list[list[Cell]]:
-    """The grid: one group per model and attack entry, one cell per eps."""
-    groups = []
-    for model in sweep.models:
-        for attack in sweep.attacks:
-            group = []
-            for eps in attack.eps:
-                config = cell_config(sweep, model, attack, eps, fingerprints)
-                group.append(Cell(model, attack, eps, config, config_hash(config)))
-            groups.append(group)
-    return groups
+    return x, y, nets, plan(sweep, fingerprints(x, y, nets))
 
 
 def load_data(sweep: Sweep) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +197,7 @@ def evaluate_group(
     starts = list(range(0, n, per_batch))[rank::world_size]
     start = time.perf_counter()
     with eval_mode(model):
-        for s in tqdm(starts, desc=desc.strip(), disable=not progress, unit="batch"):
+        for s in progress_bar(starts, desc=desc.strip(), disable=not progress, unit="batch"):
             rows = slice(s, min(s + per_batch, n))
             g = torch.Generator(device).manual_seed(derived_seed(seed, s))
             xb, yb = x[rows].to(device), y[rows].to(device)
@@ -264,7 +254,7 @@ def _min_norm_distances(model, attack: AttackSpec, eps: list[float], x, y, idx, 
     with PGD at that eps (one batch, eps per sample), stepping down the grid while PGD
     succeeds: FMN alone stops in local minima on some examples and overstates robustness."""
     params = dict(attack.params)
-    verify_steps = params.pop("verify_steps", 10)
+    verify_steps = params.pop("verify_steps", VERIFY_STEPS)
     distance = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     _, d = attacks.min_norm(model, x[idx], y[idx], norm=attack.norm, return_norms=True, **params)
     distance[idx] = d.double()
@@ -356,26 +346,6 @@ def _result_line(cell: Cell, clean: torch.Tensor, robust: torch.Tensor) -> str:
         if cell.attack.name == "none"
         else f"{text}, robust {100 * robust.float().mean().item():.1f} %"
     )
-
-
-def _fingerprint_data(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in (x, y):
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _fingerprint_model(model: torch.nn.Module) -> str:
-    """A hash of the parameters and buffers (names, dtypes, shapes, values)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        # reshape first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed
-        # as bytes of another size
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _finished_cells(sweep: Sweep, rank: int) -> set[str]:

@@ -1,7 +1,7 @@
 """The results store: one SQLite file in WAL mode, written by one process (rank 0) in
 transactions, so a cell is either fully recorded or absent, and readable with plain SQL.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)      -- schema_version, created_by
     cells(                                      -- one row per model x attack x eps
@@ -19,7 +19,9 @@ Schema (version 1)::
         share TEXT,                             -- how eps values shared work (see engine)
         group_id TEXT,                          -- cells computed together share it...
         seconds REAL,                           -- ...and this wall time
-        started_at TEXT, finished_at TEXT)      -- UTC, ISO 8601
+        started_at TEXT, finished_at TEXT,      -- UTC, ISO 8601
+        clean_low REAL, clean_high REAL,        -- 95 % Wilson intervals of the accuracies
+        robust_low REAL, robust_high REAL)      --   (stats.interval), NULL when n = 0
     outcomes(                                   -- one row per cell x example
         cell_id INTEGER REFERENCES cells(id),
         example INTEGER,                        -- index into the sweep's data (after limit)
@@ -29,7 +31,12 @@ Schema (version 1)::
                                                 --   (0 if misclassified, inf if none found);
                                                 --   NULL for fixed-eps attacks
         PRIMARY KEY (cell_id, example))
-    summary: a view of cells with the columns a table needs
+    summary: a view of cells with the columns a table needs (accuracies with their intervals)
+
+Version 1 had no interval columns. Opening a version-1 store migrates it in one transaction:
+the four columns are added (at the end of ``cells``, where a new store has them too), filled
+from each cell's counts (n, clean_correct, robust_correct), the view is rebuilt and
+schema_version set to "2". A store of any other version is refused.
 
 Example: ``SELECT model, attack, eps, robust_accuracy FROM cells WHERE norm = 'linf'``.
 """
@@ -40,8 +47,17 @@ import json
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = "1"
-_SCHEMA = """
+from robustkern import stats
+
+SCHEMA_VERSION = "2"
+INTERVAL_COLUMNS = ("clean_low", "clean_high", "robust_low", "robust_high")
+_SUMMARY_VIEW = """
+CREATE VIEW IF NOT EXISTS summary AS
+    SELECT model, attack, norm, eps, n, clean_accuracy, clean_low, clean_high,
+           robust_accuracy, robust_low, robust_high, seconds, share
+    FROM cells ORDER BY model, attack, norm, eps;
+"""
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
     id INTEGER PRIMARY KEY,
@@ -66,7 +82,11 @@ CREATE TABLE IF NOT EXISTS cells (
     group_id TEXT NOT NULL,
     seconds REAL NOT NULL,
     started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL
+    finished_at TEXT NOT NULL,
+    clean_low REAL,
+    clean_high REAL,
+    robust_low REAL,
+    robust_high REAL
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     cell_id INTEGER NOT NULL REFERENCES cells(id) ON DELETE CASCADE,
@@ -77,17 +97,24 @@ CREATE TABLE IF NOT EXISTS outcomes (
     distance REAL,
     PRIMARY KEY (cell_id, example)
 ) WITHOUT ROWID;
-CREATE VIEW IF NOT EXISTS summary AS
-    SELECT model, attack, norm, eps, n, clean_accuracy, robust_accuracy, seconds, share
-    FROM cells ORDER BY model, attack, norm, eps;
 """
+_SCHEMA = _TABLES + _SUMMARY_VIEW
 CELL_COLUMNS = (
     "config_hash", "sweep", "model", "attack", "attack_name", "norm", "eps", "n",
     "clean_correct", "robust_correct", "clean_accuracy", "robust_accuracy", "config",
     "code_version", "torch_version", "device", "world_size", "share", "group_id", "seconds",
-    "started_at", "finished_at",
+    "started_at", "finished_at", *INTERVAL_COLUMNS,
 )  # fmt: skip
 OUTCOME_COLUMNS = ("example", "label", "clean_correct", "robust_correct", "distance")
+
+
+def intervals(n: int, clean_correct: int, robust_correct: int) -> dict[str, float | None]:
+    """A cell's INTERVAL_COLUMNS: the 95 % Wilson intervals of its accuracies, None when n = 0."""
+    out: dict[str, float | None] = {}
+    for name, k in (("clean", clean_correct), ("robust", robust_correct)):
+        low, high = stats.interval(k, n) if n else (None, None)
+        out[f"{name}_low"], out[f"{name}_high"] = low, high
+    return out
 
 
 class Store:
@@ -107,15 +134,21 @@ class Store:
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise ValueError(f"{self.path} is not a usable SQLite results store: {e}") from None
+        except BaseException:
+            self.db.close()
+            raise
 
     def _check_or_create(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
         if "meta" in tables:
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None or row[0] != SCHEMA_VERSION:
+            version = self._version()
+            if version == "1":
+                self._migrate_from_1()
+            elif version != SCHEMA_VERSION:
                 raise ValueError(
-                    f"{self.path} has results schema {row and row[0]!r}; this robustkern "
-                    f"reads version {SCHEMA_VERSION}"
+                    f"{self.path} has results schema {version!r}; this robustkern reads "
+                    f"version {SCHEMA_VERSION} (and migrates version 1): a store written by a "
+                    "newer robustkern needs that version"
                 )
             return
         if tables:
@@ -124,6 +157,31 @@ class Store:
             f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO meta VALUES "
             f"('schema_version', '{SCHEMA_VERSION}'), ('created_by', 'robustkern sweep'); COMMIT;"
         )
+
+    def _version(self) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return row and row[0]
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 -> 2 in one transaction: the interval columns, filled from the counts."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._version() == "1":  # not migrated meanwhile by a process we waited for
+                for column in INTERVAL_COLUMNS:
+                    self.db.execute(f"ALTER TABLE cells ADD COLUMN {column} REAL")
+                counts = self.db.execute("SELECT id, n, clean_correct, robust_correct FROM cells")
+                updates = [(*intervals(*r[1:]).values(), r[0]) for r in counts.fetchall()]
+                assignments = ", ".join(f"{c} = ?" for c in INTERVAL_COLUMNS)
+                self.db.executemany(f"UPDATE cells SET {assignments} WHERE id = ?", updates)
+                self.db.execute("DROP VIEW IF EXISTS summary")
+                self.db.execute(_SUMMARY_VIEW)
+                self.db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
+                )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def finished(self) -> set[str]:
         """The config hashes of every recorded cell."""
@@ -146,6 +204,8 @@ class Store:
                 ).fetchone()
                 if exists:
                     continue
+                # the intervals always follow from the counts, whatever the row says
+                row = row | intervals(row["n"], row["clean_correct"], row["robust_correct"])
                 values = [json.dumps(row[c]) if c == "config" else row[c] for c in CELL_COLUMNS]
                 cell_id = self.db.execute(insert_cell, values).lastrowid
                 self.db.executemany(insert_outcome, [(cell_id, *o) for o in outcomes])
