@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from robustkern._io import pyplot, save_figure
+from robustkern._progress import progress_bar
 from robustkern.attacks._common import check_images, check_model_labels
 from robustkern.evaluation import eval_mode, model_device
 from robustkern.fourier import band_filter
@@ -417,7 +417,7 @@ def corruption_report(
             stack.enter_context(eval_mode(m))
             check_model_labels(m, x, y)
         clean = accuracy(lambda xb: xb)
-        for name, severity in tqdm(cells, desc="corruptions", disable=not progress):
+        for name, severity in progress_bar(cells, desc="corruptions", disable=not progress):
             g = torch.Generator(device=device).manual_seed(
                 seed * 1_000_003 + CORRUPTIONS.index(name) * 10 + severity
             )

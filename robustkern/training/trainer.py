@@ -19,10 +19,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from robustkern._env import derived_seed, world
 from robustkern._io import atomic_torch_save, pyplot, save_figure
+from robustkern._progress import progress_bar
 from robustkern.attacks import NORMS
 from robustkern.evaluation import eval_mode, evaluate, model_device
 from robustkern.training.loss import METHODS, adversarial_loss
@@ -440,7 +440,7 @@ class _Trainer:
             return self._finish()
         if self.tracked_x is not None and not self.history.tracked:
             self._snapshot()  # before the first step
-        bar = tqdm(
+        bar = progress_bar(
             total=self.total_steps, initial=self.step, desc=f"train ({self.spec.method})",
             unit="step", disable=not self.spec.progress or self.rank != 0,
         )  # fmt: skip
