@@ -14,6 +14,7 @@ from torch import nn
 
 from bench.timing import sync
 from robustkern import models, reference, spectral
+from robustkern.spectral import tracing
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -35,7 +36,7 @@ def imagenet_resnet18_convs():
 
 def cifar_resnet18_convs():
     model = models.resnet18()
-    shapes = spectral._input_shapes(model, (3, 32, 32))
+    shapes = tracing._input_shapes(model, (3, 32, 32))
     return [
         (tuple(m.weight.shape), m.stride[0], m.padding[0], shapes[m][-1])
         for m in model.modules()

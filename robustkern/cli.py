@@ -62,6 +62,17 @@ def at_least(minimum: float, kind: type = int):
     return parse
 
 
+def bounds_pair(text: str) -> tuple[float, float]:
+    """--bounds LO,HI: the range valid inputs live in (e.g. of normalised images)."""
+    try:
+        lo, hi = (real(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be LO,HI, got {text!r}") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"needs LO < HI, got {text!r}")
+    return lo, hi
+
+
 COUNT = at_least(0)  # --limit, --indicators, --eps-warmup: 0 means all or none
 POSITIVE = at_least(1)  # steps, restarts, batch sizes, epochs
 RADIUS = at_least(0.0, real)  # eps and step sizes, 0.03 or 8/255 (inf: the attacks decide)
@@ -124,7 +135,7 @@ def cmd_attack(args) -> int:
     x_train, y_train, x_test, y_test = load_test_split(args)
     model = load_model(args, x_train, y_train)
     budget = "".join(f", {k} {kwargs[k]}" for k in ATTACK_FLAGS if k in kwargs)
-    what = f"{args.attack} ({args.norm}, eps {eps_text(args.eps, (0.0, 1.0))}{budget})"
+    what = f"{args.attack} ({args.norm}, eps {eps_text(args.eps, args.bounds)}{budget})"
     print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")
     print(f"attack: {what}")
     result = robustkern.evaluate(
@@ -134,11 +145,21 @@ def cmd_attack(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.no_progress,
+        budget=args.budget,
         **kwargs,
     )
-    print(f"clean accuracy:  {100 * result.clean_accuracy:6.2f} %")
-    print(f"robust accuracy: {100 * result.robust_accuracy:6.2f} %   ({result.seconds:.1f} s)")
+    print_accuracies(result)
     return 0
+
+
+def print_accuracies(result: evaluation.Evaluation) -> None:
+    """Clean and robust accuracy with their 95 % intervals, and a budget's early stop."""
+    if result.stopped_early:
+        print(f"the time budget stopped the evaluation after {result.n} of {result.of} images")
+    print(f"clean accuracy:  {result.interval_text('clean')}  (95 % interval)")
+    for name, acc in result.after_each_attack():
+        print(f"  after {name:<8} {100 * acc:6.2f} %  ({result.broken_by[name]} points broken)")
+    print(f"robust accuracy: {result.interval_text('robust')}  ({result.seconds:.1f} s)")
 
 
 def cmd_evaluate(args) -> int:
@@ -148,7 +169,8 @@ def cmd_evaluate(args) -> int:
     attacks_run = ", ".join(name for name, _ in evaluation.PRESETS[args.preset])
     print(f"data: {args.data}, {len(x_test)} test images {tuple(x_test.shape[1:])}")
     print(
-        f"evaluation: {args.preset} ({attacks_run}), {args.norm}, eps {eps_text(args.eps, (0, 1))}"
+        f"evaluation: {args.preset} ({attacks_run}), {args.norm}, eps "
+        f"{eps_text(args.eps, args.bounds)}"
     )
     result = robustkern.evaluate(
         model,
@@ -161,22 +183,11 @@ def cmd_evaluate(args) -> int:
         device=args.device,
         progress=not args.no_progress,
         autocast=torch.bfloat16 if args.bf16 else None,
+        bounds=args.bounds,
+        budget=args.budget,
     )
-    print(f"clean accuracy:  {100 * result.clean_accuracy:6.2f} %")
-    for name, acc in result.after_each_attack():
-        print(f"  after {name:<8} {100 * acc:6.2f} %  ({result.broken_by[name]} points broken)")
-    print(f"robust accuracy: {100 * result.robust_accuracy:6.2f} %   ({result.seconds:.1f} s)")
-    report = {
-        "data": args.data,
-        "n": result.n,
-        "norm": args.norm,
-        "eps": args.eps,
-        "preset": args.preset,
-        "clean_accuracy": result.clean_accuracy,
-        "robust_accuracy": result.robust_accuracy,
-        "after_each_attack": result.after_each_attack(),
-        "seconds": result.seconds,
-    }
+    print_accuracies(result)
+    report = {"data": args.data, "preset": args.preset, **result.to_dict()}
     if args.indicators:
         n = min(args.indicators, len(x_test))
         print(f"\ngradient-masking indicators on the first {n} test images:")
@@ -194,7 +205,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_spectral(args) -> int:
     torch.manual_seed(args.seed)
-    x_train, y_train, *_ = data.load(args.data)
+    x_train, y_train, *_ = data.load(args.data, image_size=args.image_size, bounds=args.bounds)
     model = load_model(args, x_train, y_train)
     shape = tuple(x_train.shape[1:])
     if args.input_shape:
@@ -216,7 +227,9 @@ def cmd_spectral(args) -> int:
 
 def load_test_split(args) -> tuple[torch.Tensor, ...]:
     """(x_train, y_train, x_test, y_test) of --data, the test split cut to --limit."""
-    x_train, y_train, x_test, y_test = data.load(args.data)
+    x_train, y_train, x_test, y_test = data.load(
+        args.data, image_size=args.image_size, bounds=args.bounds
+    )
     if args.limit:
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]
     return x_train, y_train, x_test, y_test
@@ -236,6 +249,7 @@ def cmd_fourier(args) -> int:
         x_test,
         y_test,
         eps=args.eps,
+        bounds=args.bounds,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
@@ -288,6 +302,7 @@ def cmd_corruptions(args) -> int:
         corruptions=names,
         baseline=baseline,
         table=args.table,
+        bounds=args.bounds,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
@@ -318,7 +333,8 @@ def cmd_suite(args) -> int:
     report = suite.run_suite(
         named, (x_test, y_test), train_data=(x_train, y_train), factory=factory,
         norm=args.norm, eps=args.eps, checks=args.checks.split(",") if args.checks else None,
-        tradeoff=args.tradeoff, layer=args.layer, quick=args.quick, out=args.out,
+        tradeoff=args.tradeoff, layer=args.layer, bounds=args.bounds,
+        budget="1m" if args.quick and args.budget is None else args.budget or "10m", out=args.out,
         data_name=args.data, seed=args.seed, progress=not args.no_progress,
         resume=not args.fresh,
     )  # fmt: skip
@@ -396,7 +412,7 @@ def fit_settings(args) -> dict:
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         lr_schedule=args.lr_schedule, weight_decay=wd, amp=args.amp,
         channels_last=args.channels_last, patience=args.patience, device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, bounds=args.bounds,
     )  # fmt: skip
 
 
@@ -420,7 +436,7 @@ def cmd_train(args) -> int:
         result = robustkern.evaluate(
             model, test, "pgd", eps=args.eps, norm=args.norm, steps=args.eval_steps,
             generator=torch.Generator(args.device).manual_seed(args.seed),
-            device=args.device, progress=False,
+            device=args.device, progress=False, bounds=args.bounds,
         )  # fmt: skip
         rows.append((method, result.clean_accuracy, result.robust_accuracy, history))
         say(f"test: clean {100 * result.clean_accuracy:.2f} %, PGD-{args.eval_steps} at eps "
@@ -459,7 +475,8 @@ def cmd_tradeoff(args) -> int:
 
 
 def cmd_sweep_run(args) -> int:
-    sweep.run(sweep.load(args.file), device=args.device, progress=not args.no_progress)
+    sweep.run(sweep.load(args.file), device=args.device, budget=args.budget,
+              progress=not args.no_progress)  # fmt: skip
     return 0
 
 
@@ -482,6 +499,8 @@ def add_sweep_parser(sub) -> None:
     run = actions.add_parser("run", help="run every cell not yet in the store (resumable)")
     run.add_argument("file", help="the sweep file (TOML)")
     run.add_argument("--device", default=None, help="overrides [run] device (auto, cpu, cuda)")
+    run.add_argument("--budget", default=None, help=(
+        'overrides [run] budget ("30m", "1h30m", "none"): as many examples as fit'))  # fmt: skip
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch")
     run.set_defaults(func=cmd_sweep_run)
@@ -496,7 +515,14 @@ def add_sweep_parser(sub) -> None:
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """What every command takes: the data, the device, the seed, progress bars."""
-    p.add_argument("--data", default="mnist-5k", help=f"{' | '.join(data.NAMES)} | file.npz")
+    p.add_argument("--data", default="mnist-5k", help=(
+        f"{' | '.join(data.NAMES)} | file.npz | an image folder (one sub-folder per class) | "
+        "cifar-10-batches-bin"))  # fmt: skip
+    p.add_argument("--image-size", type=POSITIVE, default=None, metavar="PIXELS",
+                   help="resize an image folder's images to PIXELS x PIXELS")  # fmt: skip
+    p.add_argument("--bounds", type=bounds_pair, default=(0.0, 1.0), metavar="LO,HI", help=(
+        "the range of valid inputs (default 0,1); float .npz data in other units, e.g. "
+        "normalised, with eps in those units"))  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -571,7 +597,10 @@ def add_suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checks", help=f"comma-separated subset of: {', '.join(suite.CHECK_NAMES)}")
     p.add_argument("--tradeoff", help="a robustkern tradeoff --out directory to plot along")
     p.add_argument("--layer", help="module name for the unit analysis (default: penultimate)")
-    p.add_argument("--quick", action="store_true", help="small budgets: a smoke run")
+    p.add_argument("--budget", default=None, help=(
+        "time for the whole run, e.g. 10m (the default), 90s, 1h30m, or none for every check at "
+        "full size; each check's images and steps are chosen to fit"))  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="a smoke run: --budget 1m")
     p.add_argument("--limit", type=COUNT, default=0, help="use the first N test images (0: all)")
     p.add_argument("--fresh", action="store_true", help="rerun every check (no resume)")
     p.add_argument("--out", default="report", help="directory for index.html, report.json")
@@ -601,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=POSITIVE, help="square's query budget (5000)")
     p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--limit", type=COUNT, default=0, help="evaluate only the first N test images")
+    p.add_argument("--budget", default=None, help="stop after the batch that fills it, e.g. 10m")
     p.set_defaults(func=cmd_attack)
     p = sub.add_parser(
         "evaluate",
@@ -620,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=COUNT, default=1000, help="evaluate the first N test images (0: all)"
     )
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--budget", default=None, help="stop after the batch that fills it, e.g. 10m")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser(
         "spectral", help="per-layer Lipschitz upper bounds and their product (Szegedy's Table 5)"

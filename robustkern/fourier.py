@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from robustkern import ops
 from robustkern._io import atomic_torch_save, pyplot, save_figure
+from robustkern._progress import progress_bar
 from robustkern.attacks._common import check_images, check_model_labels
 from robustkern.evaluation import eval_mode, model_device
 
@@ -150,7 +150,9 @@ def heatmap(
     with eval_mode(model), torch.inference_mode():
         check_model_labels(model, x, y)
         chunks = todo.split(per_batch)
-        for chunk in tqdm(chunks, desc="fourier heat map", disable=not progress, unit="batch"):
+        for chunk in progress_bar(
+            chunks, desc="fourier heat map", disable=not progress, unit="batch"
+        ):
             wrong = torch.zeros(len(chunk), dtype=torch.int64, device=device)
             signs = heatmap_signs(seed, reps[chunk], n, c).to(device)
             for start in range(0, n, images):

@@ -175,9 +175,22 @@ def from_spec(
     if not sep or not module_name or not attr:
         raise ValueError(f"model must be given as module:factory, got {spec!r}")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot find model factory {spec!r}: {e}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(
+            f"cannot find model factory {spec!r}: {e}. The module is imported like any Python "
+            f"module: run from the directory that holds {module_name.split('.')[0]}.py (or its "
+            f"package), or add that directory to PYTHONPATH (the current directory is "
+            f"{Path.cwd()})"
+        ) from None
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        public = sorted(k for k, v in vars(module).items() if callable(v) and k[0] != "_")
+        raise ValueError(
+            f"cannot find model factory {spec!r}: {module_name} has no {attr!r}; its callables "
+            f"are {public[:12]}"
+        ) from None
     try:
         model = factory(**(kwargs or {}))
     except TypeError as e:  # wrong or missing keyword arguments

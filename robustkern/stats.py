@@ -28,7 +28,8 @@ def interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     p, z2 = k / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact ends at k = 0 and k = n (rounding would leave the interval a hair off them)
+    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
 
 
 def percent_with_interval(k: int, n: int, digits: int = 1) -> str:

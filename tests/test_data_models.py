@@ -375,3 +375,11 @@ def test_wrapper_prefix_kept_unless_every_key_has_it(tmp_path):
     state = OrderedDict([("module.a", torch.zeros(1)), ("b", torch.ones(1))])
     torch.save(state, tmp_path / "s.pt")
     assert list(models.load_weights(tmp_path / "s.pt")) == ["module.a", "b"]
+
+
+def test_a_factory_that_cannot_be_imported_says_where_python_looks(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot find model factory 'mynets:resnet'.*PYTHONPATH.*"
+                                         r"the current directory is"):  # fmt: skip
+        models.from_spec("mynets:resnet")
+    with pytest.raises(ValueError, match=r"robustkern.models has no 'resnet50'; its callables"):
+        models.from_spec("robustkern.models:resnet50")

@@ -173,3 +173,31 @@ def test_eps_in_pixel_units_warns_with_the_value_meant(digits_model):
     with pytest.warns(EpsUnitsWarning, match="diagonal"):
         robustkern.evaluate(model, (x[:8], y[:8]), "pgd", eps=9, norm="l2", steps=1,
                             progress=False)  # fmt: skip
+
+
+def test_progress_bars_redraw_sparsely_off_a_terminal(monkeypatch, capsys):
+    """A redirected run's log grew by a line every 0.1 s; off a terminal it is every 5 s."""
+    import io
+    import sys
+
+    from robustkern._progress import LOG_INTERVAL, progress_bar
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    bar = progress_bar(range(3))
+    assert bar.mininterval == LOG_INTERVAL >= 5
+    bar.close()
+
+
+def test_a_time_budget_stops_after_the_batch_that_fills_it(digits_model):
+    model, x, y = digits_model
+    full = robustkern.evaluate(model, (x, y), "pgd", eps=0.1, steps=5, batch_size=20,
+                               progress=False)  # fmt: skip
+    assert not full.stopped_early and full.of == full.n == 200
+    short = robustkern.evaluate(model, (x, y), "pgd", eps=0.1, steps=5, batch_size=20,
+                                budget=1e-9, progress=False)  # fmt: skip
+    assert short.stopped_early and short.n == 20 and short.of == 200  # one batch, then stop
+    assert torch.equal(short.robust_correct, full.robust_correct[:20])
+    assert "stopped it after 20 of 200 examples" in str(short)
+    assert "[" in str(short)  # accuracies with their 95 % intervals
+    saved = short.to_dict()
+    assert saved["n"] == 20 and saved["of"] == 200 and len(saved["robust_interval"]) == 2

@@ -13,7 +13,8 @@ from torch import nn
 from robustkern import models, reference, spectral
 from robustkern.cli import main
 from robustkern.nn import Normalize
-from robustkern.suite import internals
+from robustkern.spectral import penalty, pooling
+from robustkern.suite import inspection
 from robustkern.suite.core import Suite, Threat
 from tests.conftest import DEVICES
 
@@ -201,7 +202,7 @@ def test_matrices_at_one_frequency_agree_with_the_reference():
     w = torch.randn(6, 2, 3, 3, dtype=torch.float64)
     a = reference.conv_spectrum_matrices(w[None], (12, 12), (2, 2), (1, 1), 3)[0]
     for freq in [(0, 0), (1, 2), (5, 3)]:
-        ours = spectral._matrices_at(w, (12, 12), (2, 2), (1, 1), 3, freq)
+        ours = penalty._matrices_at(w, (12, 12), (2, 2), (1, 1), 3, freq)
         torch.testing.assert_close(
             torch.linalg.svdvals(ours), torch.linalg.svdvals(a[freq]), rtol=1e-10, atol=1e-12
         )
@@ -529,17 +530,17 @@ def test_an_untraceable_model_is_one_row_that_says_why():
 def test_suite_check_warns_and_names_what_it_could_not_bound(tmp_path):
     threat = Threat("linf", 0.1, "test")
     suite = Suite({}, torch.rand(4, 1, 4, 4), torch.zeros(4), threat, [threat], tmp_path)
-    bounded = internals.lipschitz(suite, "cnn", models.small_cnn(1, 10, width=2))
+    bounded = inspection.lipschitz(suite, "cnn", models.small_cnn(1, 10, width=2), {})
     assert bounded.verdict == "info" and math.isfinite(bounded.figures["product"])
     # all bounds inf (the log axis had nothing to show), then finite, inf and 0 bounds together
-    untraceable = internals.lipschitz(suite, "untraceable", DataDependent(16))
+    untraceable = inspection.lipschitz(suite, "untraceable", DataDependent(16), {})
     assert untraceable.verdict == "warn" and "(model)" in untraceable.summary
     assert "control flow" in untraceable.summary
     squares = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), Square(), Scale(0.0))
-    mixed = internals.lipschitz(suite, "mixed", squares)
+    mixed = inspection.lipschitz(suite, "mixed", squares, {})
     assert mixed.verdict == "info" and mixed.figures["product"] == 0  # times 0: a constant
     squares[-1] = Scale(2.0)
-    unknown = internals.lipschitz(suite, "unknown", squares)
+    unknown = inspection.lipschitz(suite, "unknown", squares, {})
     assert unknown.verdict == "warn" and unknown.figures["unbounded"] == ["2.mul"]
     assert "2.mul (product of input-dependent tensors" in unknown.summary
     for outcome in (untraceable, mixed, unknown):
@@ -554,12 +555,12 @@ def test_an_input_shape_the_model_cannot_take_is_named():
 
 
 def test_pooling_bounds():
-    overlapping = spectral._maxpool_bound(nn.MaxPool2d(3, stride=1), (1, 8, 8))
+    overlapping = pooling._maxpool_bound(nn.MaxPool2d(3, stride=1), (1, 8, 8))
     assert overlapping == pytest.approx(3.0)  # an input sits in up to 9 windows
-    assert spectral._maxpool_bound(nn.MaxPool2d(2), (1, 8, 8)) == pytest.approx(1.0)
-    assert spectral._avgpool_bound(nn.AvgPool2d(2), (1, 8, 8)) == pytest.approx(0.5)
+    assert pooling._maxpool_bound(nn.MaxPool2d(2), (1, 8, 8)) == pytest.approx(1.0)
+    assert pooling._avgpool_bound(nn.AvgPool2d(2), (1, 8, 8)) == pytest.approx(0.5)
     pool = nn.AdaptiveAvgPool2d(3)
-    bound = spectral._avgpool_bound(pool, (1, 7, 7))
+    bound = pooling._avgpool_bound(pool, (1, 7, 7))
     matrix = torch.stack([pool(e.view(1, 1, 7, 7)).flatten() for e in torch.eye(49)], 1)
     assert bound >= torch.linalg.matrix_norm(matrix, ord=2).item() - 1e-6
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robustkern import cli, data, models, suite, training
-from robustkern.suite import internals, report, runner
+from robustkern.suite import inspection, report, runner
 from robustkern.suite.core import Threat, smoothness
 
 
@@ -56,7 +56,13 @@ def test_every_check_runs_on_every_model(full_report):
             assert (check.name, model) in seen, (check.name, model)
     errors = [(c["name"], c["model"], c["error"]) for c in result["checks"] if c["error"]]
     assert errors == []
-    assert {c["verdict"] for c in result["checks"]} <= {"pass", "warn", "fail", "info"}
+    assert {c["verdict"] for c in result["checks"]} <= {
+        "pass",
+        "warn",
+        "inconclusive",
+        "fail",
+        "info",
+    }
     assert all(c["seconds"] >= 0 and c["summary"] and c["rationale"] for c in result["checks"])
 
 
@@ -83,7 +89,10 @@ def test_html_is_self_contained(full_report):
     page = (out / "index.html").read_text()
     images = sum(len(c["images"]) for c in result["checks"])
     assert images >= 20
-    assert page.count("src='data:image/png;base64,") == images
+    # every image once, and each model's robust-accuracy curve again in its summary card
+    assert page.count("src='data:image/png;base64,") == images + len(result["models"])
+    assert page.index("class='card'") < page.index("<h2>Every check</h2>")
+    assert "<details><summary>every parameter tensor" in page  # long tables folded away
     assert "src='images/" not in page and "http" not in page.split("<body>")[1]
     for check in suite.CHECKS:
         assert check.title in page
@@ -190,6 +199,8 @@ def test_a_killed_run_resumes_with_what_it_finished(two_models, digits, tmp_path
         suite.run_suite(models_, (xt, yt), **kwargs)
     partial = json.loads((tmp_path / "report.json").read_text())
     assert [c["name"] for c in partial["checks"]] == ["capacity"]
+    # the page is written with the JSON after every check: what finished can be read
+    assert "Capacity: parameters against training examples" in (tmp_path / "index.html").read_text()
     monkeypatch.setattr(runner, "CHECKS", _failing("capacity"))  # would fail if it ran again
     result = suite.run_suite(models_, (xt, yt), **kwargs)
     assert [c["verdict"] for c in result["checks"]] == ["info", "info"]
@@ -240,15 +251,15 @@ def test_filter_scores_tell_a_blob_from_random_filters():
     r = torch.arange(7) - 3.0
     blob = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 4).expand(4, 1, 7, 7)
     conv = torch.nn.Conv2d(1, 4, 7)
-    random = internals._filter_scores(internals._random_like(conv, conv.weight))
-    ours = internals._filter_scores(blob)
+    random = inspection._filter_scores(inspection._random_like(conv, conv.weight))
+    ours = inspection._filter_scores(blob)
     assert (ours[0] > torch.quantile(random[0], 0.95)).all()
     assert (ours[1] > torch.quantile(random[1], 0.95)).all()
 
 
 def test_likeness_scores_real_images_near_one_and_noise_near_zero(digits):
     x, y, _, _ = digits
-    likeness = internals._Likeness(x[:600], y[:600])
+    likeness = inspection._Likeness(x[:600], y[:600])
     noise = torch.rand(x[600:700].shape, generator=torch.Generator().manual_seed(0))
     real = likeness(x[600:700], y[600:700], noise)
     assert real.median().item() == pytest.approx(1.0, abs=0.15)

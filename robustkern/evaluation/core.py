@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
-from tqdm.auto import tqdm
 
 from robustkern import attacks
+from robustkern._progress import progress_bar
 from robustkern.attacks._common import check_label_tensor, check_logits, label_range, model_device
 from robustkern.checks import check_finite, warn_if_probabilities, warn_unusual_eps
+from robustkern.stats import interval, percent_with_interval
+from robustkern.timebudget import Deadline, parse_budget
 
 Data = tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,6 +62,11 @@ class Evaluation:
     attack: str
     params: dict = field(default_factory=dict)
     broken_by: dict[str, int] = field(default_factory=dict)  # cascades: points each attack broke
+    of: int | None = None  # examples in the data (more than n when a time budget stopped it)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.of is not None and self.of > self.n
 
     @property
     def n(self) -> int:
@@ -79,6 +85,19 @@ class Evaluation:
         """Per sample: correctly classified, and the attack found an adversarial example."""
         return self.clean_correct & ~self.robust_correct
 
+    def interval(self, which: str = "robust") -> tuple[float, float]:
+        """The 95 % (Wilson) interval of the "clean" or "robust" accuracy."""
+        return interval(self._count(which), self.n)
+
+    def interval_text(self, which: str = "robust") -> str:
+        """'94.2 % [92.0, 95.9]': the "clean" or "robust" accuracy with its 95 % interval."""
+        return percent_with_interval(self._count(which), self.n, digits=2)
+
+    def _count(self, which: str) -> int:
+        if which not in ("clean", "robust"):
+            raise ValueError(f"which must be 'clean' or 'robust', got {which!r}")
+        return int(getattr(self, f"{which}_correct").sum())
+
     def after_each_attack(self) -> list[tuple[str, float]]:
         """Cascades: (attack, robust accuracy once it and every earlier attack have run)."""
         correct, out = int(self.clean_correct.sum()), []
@@ -87,12 +106,27 @@ class Evaluation:
             out.append((name, correct / self.n if self.n else float("nan")))
         return out
 
+    def to_dict(self) -> dict:
+        """The summary as plain JSON values: counts, accuracies with their intervals, the
+        attack and its numeric options, the cascade's stages, seconds."""
+        options = {k: v for k, v in self.params.items() if isinstance(v, (int, float, str))}
+        return {
+            "attack": self.attack, **options, "n": self.n, "of": self.of,
+            "clean_accuracy": self.clean_accuracy, "clean_interval": list(self.interval("clean")),
+            "robust_accuracy": self.robust_accuracy,
+            "robust_interval": list(self.interval("robust")),
+            "after_each_attack": self.after_each_attack(), "broken_by": dict(self.broken_by),
+            "seconds": self.seconds,
+        }  # fmt: skip
+
     def __str__(self) -> str:
         text = (
-            f"clean accuracy {100 * self.clean_accuracy:.2f} %, robust accuracy "
-            f"{100 * self.robust_accuracy:.2f} % ({self.attack}, n={self.n}, "
-            f"{self.seconds:.1f} s)"
+            f"clean accuracy {self.interval_text('clean')}, robust accuracy "
+            f"{self.interval_text('robust')} ({self.attack}, n={self.n}, {self.seconds:.1f} s; "
+            "95 % intervals)"
         )
+        if self.stopped_early:
+            text += f"\n  the time budget stopped it after {self.n} of {self.of} examples"
         for name, acc in self.after_each_attack():
             text += f"\n  after {name:<8} {100 * acc:6.2f} %  ({self.broken_by[name]} broken)"
         return text
@@ -107,66 +141,85 @@ def evaluate(
     device: torch.device | str | None = None,
     progress: bool = True,
     autocast: torch.dtype | None = None,
+    budget: float | str | None = None,
     **attack_kwargs,
 ) -> Evaluation:
     """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
 
-    data: an ``(x, y)`` pair of tensors, a Dataset or a DataLoader of ``(x, y)`` batches.
-    attack: "pgd" or "apgd" (early stopping: a sample leaves the batch once misclassified,
-    which changes no outcome and saves the work), "adam" (``adam_pgd``), "square" (black-box),
-    "fgsm", "none", a callable ``(model, x, y) -> x_adv``, or a
-    cascade, "standard" (APGD-CE, targeted APGD-DLR, Square: the reliable evaluation) or "fast"
-    (the two APGD attacks); cascades report how many points each attack broke.
-    ``attack_kwargs`` go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``; cascades take
-    eps, norm, bounds, generator, steps and restarts for APGD, queries for Square). A 1-D
-    tensor option (eps, alpha) holds one value per example of ``data``, in its order. Only
-    correctly classified samples are attacked. The model runs in eval mode and its mode is
-    restored after. ``autocast``: e.g. ``torch.bfloat16`` runs the model under
-    ``torch.autocast`` (faster; keep the float32 default for numbers meant to be compared).
+    Args:
+        model: a classifier returning logits (N, classes); run in eval mode, its mode
+            restored after.
+        data: an ``(x, y)`` pair of tensors (images (N, C, H, W) in the attack's bounds, int64
+            labels (N,)), a Dataset or a DataLoader of such ``(x, y)`` batches.
+        attack: "pgd" or "apgd" (early stopping: a sample leaves the batch once
+            misclassified, which changes no outcome and saves the work), "adam" (``adam_pgd``),
+            "square" (black-box), "fgsm", "none", a callable ``(model, x, y) -> x_adv``, or a
+            cascade, "standard" (APGD-CE, targeted APGD-DLR, Square: the reliable evaluation)
+            or "fast" (the two APGD attacks); cascades report how many points each broke.
+        batch_size: examples per model batch.
+        device: where the model runs (default: the model's device).
+        progress: show a progress bar.
+        autocast: e.g. ``torch.bfloat16`` runs the model under ``torch.autocast`` (faster;
+            keep the float32 default for numbers meant to be compared).
+        budget: seconds (or "10m"): batches are evaluated in order until the next one would
+            not fit, and the result covers those examples (``Evaluation.of`` says how many the
+            data held); None evaluates everything.
+        **attack_kwargs: go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``, eps in the
+            input's units; cascades take eps, norm, bounds, generator, steps and restarts for
+            APGD, queries for Square). A 1-D tensor option (eps, alpha) holds one value per
+            example of ``data``, in its order. eps 0 scores the clean outcome, unattacked.
+
+    Only correctly classified examples are attacked. Returns per-example outcomes and their
+    summary, with 95 % intervals (``Evaluation``).
     """
     attack_fn, name = outcome_fn(attack, attack_kwargs)
     device = torch.device(device) if device is not None else model_device(model)
     per_example = _per_example_options(attack_kwargs, data)
+    deadline = Deadline(parse_budget(budget))
     clean, robust, seen = [], [], 0
-    start = time.perf_counter()
     amp = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
     with eval_mode(model), amp:
         batches, total = _batches(data, batch_size)
-        for x, y in tqdm(
-            batches, total=total, desc=f"evaluate ({name})", disable=not progress, unit="batch"
-        ):
-            x, y = x.to(device), y.to(device)
-            check_label_tensor(x, y)
-            # unchecked, a NaN image would just count as misclassified, never attacked
-            check_finite(x, f"data (examples {seen} to {seen + len(x) - 1})", offset=seen)
-            if seen == 0:
-                _warn_unusual_eps(attack_kwargs, x)
-            with torch.no_grad():
-                logits = model(x)
-            # unchecked, a label the model cannot output would just count as misclassified
-            check_logits(logits, len(x), label_range(y))
-            warn_if_probabilities(model, logits)
-            ok = logits.argmax(dim=1) == y
-            still = ok.clone()
-            idx = ok.nonzero().squeeze(1)
-            if idx.numel() and attack_fn is not None:
-                rows = idx + seen  # the attacked examples' positions in data
-                own = {k: v[rows.to(v.device)].to(device) for k, v in per_example.items()}
-                _, fooled = attack_fn(model, x[idx], y[idx], **own)
-                still[idx] = ~fooled
-            seen += len(x)
+        bar = progress_bar(batches, total=total, desc=f"evaluate ({name})", disable=not progress,
+                           unit="batch")  # fmt: skip
+        for x, y in bar:
+            if seen and not deadline.allows(deadline.elapsed / len(clean)):
+                break  # the next batch would overrun the budget
+            ok, still = _evaluate_batch(model, x.to(device), y.to(device), attack_fn, seen,
+                                        per_example, attack_kwargs)  # fmt: skip
+            seen += len(ok)
             clean.append(ok.cpu())
             robust.append(still.cpu())
     if seen == 0:
         raise ValueError("data holds no examples")
     return Evaluation(
-        torch.cat(clean),
-        torch.cat(robust),
-        time.perf_counter() - start,
-        name,
-        dict(attack_kwargs),
+        torch.cat(clean), torch.cat(robust), deadline.elapsed, name, dict(attack_kwargs),
         dict(attack_fn.broken_by) if isinstance(attack_fn, Cascade) else {},
-    )
+        of=_length(data),
+    )  # fmt: skip
+
+
+def _evaluate_batch(model, x, y, attack_fn, seen: int, per_example: dict, options: dict):
+    """(clean correct, robust correct) bool (B,) for one batch starting at example ``seen``."""
+    check_label_tensor(x, y)
+    # unchecked, a NaN image would just count as misclassified, never attacked
+    check_finite(x, f"data (examples {seen} to {seen + len(x) - 1})", offset=seen)
+    if seen == 0:
+        _warn_unusual_eps(options, x)
+    with torch.no_grad():
+        logits = model(x)
+    # unchecked, a label the model cannot output would just count as misclassified
+    check_logits(logits, len(x), label_range(y))
+    warn_if_probabilities(model, logits)
+    ok = logits.argmax(dim=1) == y
+    still = ok.clone()
+    idx = ok.nonzero().squeeze(1)
+    if idx.numel() and attack_fn is not None:
+        rows = idx + seen  # the attacked examples' positions in data
+        own = {k: v[rows.to(v.device)].to(x.device) for k, v in per_example.items()}
+        _, fooled = attack_fn(model, x[idx], y[idx], **own)
+        still[idx] = ~fooled
+    return ok, still
 
 
 def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, str]:
@@ -290,6 +343,17 @@ def _per_example_options(options: dict, data: Data) -> dict[str, torch.Tensor]:
         if len(v) != n:
             raise ValueError(f"per-example {k} must have one value per example ({n}), got {len(v)}")
     return per_example
+
+
+def _length(data: Data) -> int | None:
+    """How many examples ``data`` holds, where it says."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return len(data[0])
+    source = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(source)
+    except TypeError:  # iterable datasets may have no length
+        return None
 
 
 def _batches(data: Data, batch_size: int) -> tuple[Iterable, int | None]:

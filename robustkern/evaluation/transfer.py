@@ -4,6 +4,7 @@ per-sample L2 size, which a robust-looking but merely noisy perturbation would m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class TransferTable:
     noise_error: torch.Tensor  # (S, T): target's error under noise of the same size
     distortion: list[float]  # per source: Szegedy's average distortion of its examples
     clean_error: torch.Tensor  # (T,)
+    fooled: torch.Tensor | None = None  # bool (S, T, N): per image, for paired comparisons
 
     def __str__(self) -> str:
         head = "| examples | distortion | " + " | ".join(self.targets) + " |"
@@ -75,15 +77,18 @@ def transfer_matrix(
         adversarial.append(x_adv)
         noisy.append(same_size_noise(x, x_adv, bounds, g))
         distortion.append(average_distortion(x, x_adv))
-    rows = [[_error(t, xa, y) for t in targets.values()] for xa in adversarial]
+    fooled = torch.stack(
+        [torch.stack([_wrong(t, xa, y) for t in targets.values()]) for xa in adversarial]
+    ).view(len(models), len(targets), len(x))
     noise_rows = [[_error(t, xn, y) for t in targets.values()] for xn in noisy]
     return TransferTable(
         list(models),
         list(targets),
-        torch.tensor(rows).view(len(models), len(targets)),
+        fooled.double().mean(-1).float() if len(x) else torch.full(fooled.shape[:2], math.nan),
         torch.tensor(noise_rows).view(len(models), len(targets)),
         distortion,
         torch.tensor([_error(t, x, y) for t in targets.values()]),
+        fooled,
     )
 
 
@@ -106,9 +111,12 @@ def same_size_noise(x, x_adv, bounds, g) -> torch.Tensor:
     return (x + noise * size).clamp(float(bounds[0]), float(bounds[1]))
 
 
-def _error(model, x, y) -> float:
-    if len(x) == 0:
-        return float("nan")
+def _wrong(model, x, y) -> torch.Tensor:
+    """bool (N,) on the CPU: misclassified by ``model``."""
     with eval_mode(model), torch.no_grad():
         device = model_device(model)
-        return (model(x.to(device)).argmax(1) != y.to(device)).float().mean().item()
+        return (model(x.to(device)).argmax(1) != y.to(device)).cpu()
+
+
+def _error(model, x, y) -> float:
+    return _wrong(model, x, y).float().mean().item() if len(x) else float("nan")

@@ -5,6 +5,8 @@ class probabilities along a PGD run."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,15 +16,40 @@ from robustkern._io import pyplot
 from robustkern.attacks._common import check_inputs, input_grad
 from robustkern.data import eps_text
 from robustkern.evaluation import eval_mode
+from robustkern.evaluation.masking import VERDICTS as INDICATOR_VERDICTS
 from robustkern.evaluation.transfer import same_size_noise
-from robustkern.suite.core import Outcome, Skip, Suite, image_grid, percent
+from robustkern.stats import ALPHA, mcnemar, paired_verdict, percent_with_interval
+from robustkern.suite.budget import Knob
+from robustkern.suite.core import OVERHEAD, Outcome, Skip, Suite, check, image_grid, percent
 
 RETAINED_PASS, RETAINED_WARN = 0.5, 0.1  # share of clean accuracy kept under white-box attack
+LBFGS_ITERATION = 0.01  # seconds scipy's L-BFGS-B spends per iteration besides the model
 
 
-def white_box(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    x, y = suite.subset(500, 100)
-    steps = suite.budget(100, 20)
+def _targets(suite: Suite) -> int:
+    return min(9, suite.num_classes - 1)
+
+
+def _white_box_cost(suite: Suite, name: str, sizes) -> float:
+    c, images = suite.costs[name], suite.images(sizes)
+    # APGD-CE, then APGD-T per target class, per threat and per batch of 256 (evaluate's)
+    iterations = sizes["steps"] * (1 + _targets(suite)) * math.ceil(images / 256)
+    return len(suite.threats) * c.attack(images, iterations) + OVERHEAD
+
+
+@check(
+    "white_box", "Strong white-box attacks", """
+    Robust accuracy under the reliable evaluation's white-box stages (APGD-CE, then targeted
+    APGD-DLR over up to 9 classes, each on the points still robust) at the literature's radius
+    for this kind of data, in both norms, each with its 95 % interval. Pass: the model keeps at
+    least half its clean accuracy; warn: at least 10 %; fail below. A standard model fails: that
+    is the point of adversarial examples (Szegedy et al.).""",
+    knobs={"images": Knob(50, 500), "steps": Knob(10, 100, keep=0.5)},
+    cost=_white_box_cost, priority=0, weight=3.0,
+)  # fmt: skip
+def white_box(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    x, y = suite.first(sizes)
+    steps = sizes["steps"]
     results = [
         evaluation.evaluate(
             model,
@@ -41,17 +68,12 @@ def white_box(suite: Suite, name: str, model: nn.Module) -> Outcome:
     rows = []
     for t, r in zip(suite.threats, results, strict=True):
         after = dict(r.after_each_attack())
-        rows.append(
-            [
-                t.norm,
-                eps_text(t.eps, suite.bounds),
-                percent(r.clean_accuracy),
-                percent(after["apgd-ce"]),
-                percent(after["apgd-t"]),
-                percent(r.robust_accuracy),
-                t.source,
-            ]
-        )
+        rows.append([
+            t.norm, eps_text(t.eps, suite.bounds), r.interval_text("clean"),
+            percent_with_interval(round(after["apgd-ce"] * r.n), r.n),
+            percent_with_interval(round(after["apgd-t"] * r.n), r.n),
+            r.interval_text("robust"), t.source,
+        ])  # fmt: skip
     kept = [r.robust_accuracy / max(r.clean_accuracy, 1e-12) for r in results]
     worst = min(range(len(results)), key=kept.__getitem__)
     threat, result = suite.threats[worst], results[worst]
@@ -63,10 +85,12 @@ def white_box(suite: Suite, name: str, model: nn.Module) -> Outcome:
         else "fail"
     )
     summary = (
-        f"robust accuracy {percent(result.robust_accuracy)} (clean {percent(result.clean_accuracy)}"
-        f") under APGD-CE + APGD-T at {threat.norm} eps {eps_text(threat.eps, suite.bounds)}, "
-        f"{percent(kept[worst])} of the clean accuracy kept"
+        f"robust accuracy {result.interval_text('robust')} (clean "
+        f"{result.interval_text('clean')}) under APGD-CE + APGD-T at {threat.norm} eps "
+        f"{eps_text(threat.eps, suite.bounds)} on {result.n} images, {percent(kept[worst])} of "
+        "the clean accuracy kept"
     )
+    main = results[0]
     figures = {
         "images": len(x),
         "steps": steps,
@@ -76,19 +100,54 @@ def white_box(suite: Suite, name: str, model: nn.Module) -> Outcome:
             for t, r in zip(suite.threats, results, strict=True)
         },
         "worst_retained": kept[worst],
-        "main": {"clean": results[0].clean_accuracy, "robust": results[0].robust_accuracy},
-    }
+        "main": {
+            "clean": main.clean_accuracy, "robust": main.robust_accuracy, "n": main.n,
+            "clean_interval": main.interval("clean"), "robust_interval": main.interval("robust"),
+            "robust_correct": main.robust_correct.int().tolist(),
+        },
+    }  # fmt: skip
     columns = ["norm", "eps", "clean", "after APGD-CE", "after APGD-T", "robust", "eps from"]
     table = {
-        "title": f"white-box cascade, {steps} steps, 9 targets",
+        "title": f"white-box cascade on {result.n} images, {steps} steps, {_targets(suite)} "
+        "targets; 95 % intervals in brackets",
         "columns": columns,
         "rows": rows,
     }
     return Outcome(verdict, summary, figures, [table])
 
 
-def masking(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    x, y = suite.subset(200, 50)
+def _eps_grid_length(suite: Suite) -> int:
+    """How many radii the indicators' eps curve tries: eps/4 doubling up to half the box."""
+    width = float(suite.bounds[1]) - float(suite.bounds[0])
+    half = width / 2 * (1 if suite.threat.norm == "linf" else suite.x[0].numel() ** 0.5)
+    return 2 + max(0, math.ceil(math.log2(max(half / (suite.threat.eps / 2), 1.0))))
+
+
+def _masking_cost(suite: Suite, name: str, sizes) -> float:
+    c, images, steps = suite.costs[name], suite.images(sizes), sizes["steps"]
+    # white box, APGD once more, 4x steps with 2 restarts, the unbounded attack and the curve
+    iterations = steps * (1 + _targets(suite) + 1 + 8 + 1 + _eps_grid_length(suite))
+    transfer = c.attack(images, steps, early_stop=False) if len(suite.models) > 1 else 0.0
+    calls = sizes["queries"] + sizes["samples"]  # Square's queries, the random points
+    queries = c.forwards(images * c.clean_accuracy * calls, calls)
+    return c.attack(images, iterations) + transfer + queries + OVERHEAD
+
+
+@check(
+    "masking", "Gradient-masking indicators", """
+    A robust accuracy is only believable if the attack behind it worked. These indicators
+    (Carlini et al. 2019, AutoAttack's checks, Pintor et al. 2022) look for the symptoms of
+    gradient masking: black-box, transfer, single-step or random attacks beating the white-box
+    one, an unbounded attack short of 100 % error, robust accuracy that does not fall with eps,
+    zero or random gradients. Attacks compared on the same images are judged by paired tests
+    (McNemar, and the binomial tail against a 1 % tolerance): inconclusive when the sample
+    cannot tell a failing attack from noise. The verdict is the worst indicator's.""",
+    knobs={"images": Knob(20, 200), "steps": Knob(5, 100, keep=0.5),
+           "queries": Knob(50, 1000, keep=0.5), "samples": Knob(4, 32)},
+    cost=_masking_cost, needs=("white_box",), priority=2, weight=3.0,
+)  # fmt: skip
+def masking(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    x, y = suite.first(sizes)
     others = [m for k, m in suite.models.items() if k != name]
     found = evaluation.indicators(
         model,
@@ -97,14 +156,13 @@ def masking(suite: Suite, name: str, model: nn.Module) -> Outcome:
         norm=suite.threat.norm,
         eps=suite.threat.eps,
         bounds=suite.bounds,
-        steps=suite.budget(100, 10),
-        queries=suite.budget(1000, 100),
-        samples=suite.budget(32, 4),
+        steps=sizes["steps"],
+        queries=sizes["queries"],
+        samples=sizes["samples"],
         surrogate=others[0] if others else None,
         seed=suite.seed,
     )
-    order = ("pass", "warn", "fail")
-    verdict = max((i.verdict for i in found), key=order.index)
+    verdict = max((i.verdict for i in found), key=INDICATOR_VERDICTS.index)
     bad = [i.name for i in found if i.verdict != "pass"]
     summary = f"{sum(i.verdict == 'pass' for i in found)} of {len(found)} indicators pass"
     summary += f"; not passing: {', '.join(bad)}" if bad else ""
@@ -121,8 +179,24 @@ def masking(suite: Suite, name: str, model: nn.Module) -> Outcome:
     return Outcome(verdict, summary, figures, [table])
 
 
-def unbounded(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    x, y = suite.subset(500, 100)
+def _unbounded_cost(suite: Suite, name: str, sizes) -> float:
+    c = suite.costs[name]  # FMN runs every step on every correctly classified image, and
+    # its own per-image work (norms, projections) doubles a bare gradient step (measured)
+    return 2 * c.attack(suite.images(sizes), sizes["steps"], early_stop=False) + 2 * OVERHEAD
+
+
+@check(
+    "unbounded", "Unbounded attack and the robust-accuracy curve", """
+    With no bound on the perturbation every input can be made misclassified; an attack that
+    cannot reach 100 % error is failing, and every robust accuracy it reports is suspect. The
+    fast minimum-norm attack (FMN) finds each image's smallest adversarial perturbation, which
+    gives the whole robust-accuracy-vs-eps curve from one run; the fixed-eps white-box result is
+    marked on it as a cross-check. Fail: any image never flipped.""",
+    knobs={"images": Knob(50, 500), "steps": Knob(20, 100, keep=0.5)},
+    cost=_unbounded_cost, needs=("white_box",), priority=1, weight=2.0,
+)  # fmt: skip
+def unbounded(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    x, y = suite.first(sizes)
     norm = suite.threat.norm
     with eval_mode(model):
         x_adv, dist = attacks.min_norm(
@@ -130,7 +204,7 @@ def unbounded(suite: Suite, name: str, model: nn.Module) -> Outcome:
             x,
             y,
             norm=norm,
-            steps=suite.budget(100, 30),
+            steps=sizes["steps"],
             bounds=suite.bounds,
             return_norms=True,
         )
@@ -145,12 +219,19 @@ def unbounded(suite: Suite, name: str, model: nn.Module) -> Outcome:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.plot([e for e, _ in curve], [100 * a for _, a in curve], label="minimum-norm attack (FMN)")
     if fixed is not None:
-        ax.scatter(
+        lo, hi = fixed["robust_interval"]
+        ax.errorbar(
             [suite.threat.eps],
             [100 * fixed["robust"]],
+            yerr=[
+                [max(0.0, 100 * (fixed["robust"] - lo))],
+                [max(0.0, 100 * (hi - fixed["robust"]))],
+            ],
+            fmt="o",
             color="red",
             zorder=3,
-            label="APGD-CE + APGD-T at fixed eps",
+            capsize=3,
+            label="APGD-CE + APGD-T at fixed eps (95 % interval)",
         )
     ax.axvline(suite.threat.eps, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel(f"eps ({norm})")
@@ -200,30 +281,51 @@ def unbounded(suite: Suite, name: str, model: nn.Module) -> Outcome:
         "robust_accuracy_at_eps": at_eps,
         "curve": [[round(e, 6), a] for e, a in curve[::10]],
     }
-    summary = f"the unbounded FMN attack reached {percent(reached)} error"
+    summary = f"the unbounded FMN attack reached {percent(reached)} error on {len(x)} images"
     summary += f"; median {norm} distance {float(dist.median()):.3g}; robust accuracy at eps "
-    summary += f"{suite.threat.eps:g} {percent(at_eps)} from the curve"
+    summary += f"{suite.threat.eps:g} {percent_with_interval(round(at_eps * len(x)), len(x))} "
+    summary += "from the curve"
     if fixed is not None:
         summary += f" ({percent(fixed['robust'])} from the fixed-eps attacks)"
         figures["fixed_eps_robust_accuracy"] = fixed["robust"]
     return Outcome("pass" if reached == 1.0 else "fail", summary, figures, images=images)
 
 
-def min_distortion(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    x, y = suite.subset(50, 20)
+def _min_distortion_cost(suite: Suite, name: str, sizes) -> float:
+    c = suite.costs[name]
+    iterations = sizes["search_steps"] * sizes["iterations"]
+    # several evaluations per L-BFGS-B iteration (its line search), and scipy's bookkeeping
+    return c.attack(suite.images(sizes), 4 * iterations, early_stop=False) + (
+        iterations * LBFGS_ITERATION + OVERHEAD
+    )
+
+
+@check(
+    "min_distortion", "Minimum distortion (Szegedy et al.)", """
+    Szegedy et al. measure a model's stability by the average minimum distortion
+    sqrt(mean squared pixel change) that box-constrained L-BFGS needs to change its decision,
+    and show that Gaussian noise of the same size barely hurts: adversarial examples are rare,
+    specific directions, not a sign of general noise sensitivity.""",
+    knobs={"images": Knob(10, 50), "search_steps": Knob(3, 8), "iterations": Knob(15, 60)},
+    cost=_min_distortion_cost, priority=7, weight=1.0,
+)  # fmt: skip
+def min_distortion(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    x, y = suite.first(sizes)
     with eval_mode(model):
         x_adv, dist = attacks.lbfgs(
             model,
             x,
             y,
-            search_steps=suite.budget(8, 4),
-            max_iter=suite.budget(60, 20),
+            search_steps=sizes["search_steps"],
+            max_iter=sizes["iterations"],
             bounds=suite.bounds,
             return_norms=True,
         )
         with torch.no_grad():
             clean_error = (model(x).argmax(1) != y).float().mean().item()
             found = (dist > 0) & dist.isfinite()
+            if not bool((dist > 0).any()):
+                raise Skip(f"none of the {len(x)} test images is classified correctly")
             noisy = same_size_noise(x[found], x_adv[found], suite.bounds, suite.generator())
             noise_error = (model(noisy).argmax(1) != y[found]).float().mean().item()
             adv_error = (model(x_adv[found]).argmax(1) != y[found]).float().mean().item()
@@ -280,10 +382,29 @@ def min_distortion(suite: Suite, name: str, model: nn.Module) -> Outcome:
     return Outcome("info", summary, figures, [table], images)
 
 
-def transfer(suite: Suite) -> Outcome:
+def _transfer_cost(suite: Suite, name: str | None, sizes) -> float:
+    images, steps = suite.images(sizes), sizes["steps"]  # APGD without early stop, per source
+    crafted = sum(c.attack(images, steps, early_stop=False) for c in suite.costs.values())
+    scored = sum(c.forwards(2 * len(suite.models) * images, 2 * len(suite.models))
+                 for c in suite.costs.values())  # fmt: skip
+    return crafted + scored + 2 * OVERHEAD
+
+
+@check(
+    "transfer", "Transfer between models", """
+    Adversarial examples crafted on one model fool others (Szegedy et al., Table 2), next to
+    Gaussian noise of the same size. Examples transferred from another model must not beat a
+    model's own white-box attack: if they do, the white-box attack is failing on it (the
+    checklist's 'black box weaker than white box'). Each pair is compared on the same images
+    (McNemar, and the binomial tail against a 1 % tolerance): fail when transfer is
+    significantly stronger, inconclusive when the sample cannot tell.""",
+    per_model=False, knobs={"images": Knob(30, 300), "steps": Knob(10, 100, keep=0.5)},
+    cost=_transfer_cost, priority=4, weight=1.5,
+)  # fmt: skip
+def transfer(suite: Suite, sizes) -> Outcome:
     if len(suite.models) < 2:
         raise Skip("needs at least two models (give several --model)")
-    x, y = suite.subset(300, 60)
+    x, y = suite.first(sizes)
     table = evaluation.transfer_matrix(
         suite.models,
         x,
@@ -291,24 +412,28 @@ def transfer(suite: Suite) -> Outcome:
         attack="apgd",
         eps=suite.threat.eps,
         norm=suite.threat.norm,
-        steps=suite.budget(100, 20),
+        steps=sizes["steps"],
         bounds=suite.bounds,
         seed=suite.seed,
     )
-    error, names = table.error, table.targets
+    error, names, fooled = table.error, table.targets, table.fooled
     # a target's white-box error (its own row) must not be beaten by examples from another model
-    gaps = [
-        (error[s, t] - error[t, t]).item()
-        for s in range(len(names))
-        for t in range(len(names))
-        if s != t
-    ]
-    worst = max(gaps)
-    verdict = "fail" if worst > 0.01 else "warn" if worst > 0 else "pass"
+    beaten, verdicts = [], []  # per (source, target): images only the transfer broke
+    for s in range(len(names)):
+        for t in range(len(names)):
+            if s != t:
+                b = int((fooled[s, t] & ~fooled[t, t]).sum())
+                c = int((fooled[t, t] & ~fooled[s, t]).sum())
+                beaten.append(b)
+                verdicts.append(paired_verdict(b, c, len(x), 0.01)[0])
+    worst = max(beaten) / len(x)
+    verdict = max(verdicts, key=INDICATOR_VERDICTS.index)
+    n = len(x)
     rows = [["clean", "0", *(percent(v) for v in table.clean_error.tolist())]]
     for i, src in enumerate(table.sources):
         d = f"{table.distortion[i]:.4f}"
-        rows.append([f"APGD on {src}", d, *(percent(v) for v in error[i].tolist())])
+        rows.append([f"APGD on {src}", d,
+                     *(percent_with_interval(int(f.sum()), n) for f in fooled[i])])  # fmt: skip
         rows.append(
             ["Gaussian noise, same size", d, *(percent(v) for v in table.noise_error[i].tolist())]
         )
@@ -329,13 +454,20 @@ def transfer(suite: Suite) -> Outcome:
         "transfer",
         caption="error of each model on APGD examples crafted on each model (diagonal: white-box)",
     )
-    summary = (
-        "transferred examples never beat a model's own white-box attack"
-        if worst <= 0
-        else f"examples from another model beat a white-box attack by {percent(worst)}: the "
-        "white-box attack is failing (gradient masking?)"
-    )
-    figures = {**table.to_dict(), "largest_gain_over_white_box": worst, "images": len(x)}
+    summary = {
+        "pass": "transferred examples never beat a model's own white-box attack",
+        "warn": f"transferred examples broke {max(beaten)} image(s) a model's own white-box "
+        "attack left robust, within the 1 % tolerance",
+        "inconclusive": f"transferred examples broke up to {percent(worst)} of the images a "
+        "model's own white-box attack left robust; too few images to tell a failing attack "
+        "from noise",
+        "fail": f"transferred examples broke {percent(worst)} of the images a model's own "
+        "white-box attack left robust, significantly: the white-box attack is failing "
+        "(gradient masking?)",
+    }[verdict]
+    summary += f" ({len(x)} images)"
+    figures = {**table.to_dict(), "largest_gain_over_white_box": worst, "images": len(x),
+               "verdicts": verdicts}  # fmt: skip
     columns = ["examples", "distortion", *names]
     return Outcome(
         verdict,
@@ -352,8 +484,19 @@ def transfer(suite: Suite) -> Outcome:
     )
 
 
-def trajectory(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    steps, shown = suite.budget(20, 10), 4
+def _trajectory_cost(suite: Suite, name: str, sizes) -> float:
+    return suite.costs[name].attack(4, sizes["steps"] + 1, early_stop=False) + 2 * OVERHEAD
+
+
+@check(
+    "trajectory", "PGD trajectory", """
+    The class probabilities at every PGD step for a few test images (the visual tour's step
+    slider as small multiples): a non-robust model's confidence collapses within a few steps, a
+    robust model's decays slowly or not at all.""",
+    knobs={"steps": Knob(5, 20)}, cost=_trajectory_cost, priority=11, weight=0.2,
+)  # fmt: skip
+def trajectory(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    steps, shown = sizes["steps"], 4
     with eval_mode(model), torch.no_grad():
         correct = (model(suite.x[:256]).argmax(1) == suite.y[:256]).nonzero().squeeze(1)
     if len(correct) == 0:
@@ -431,7 +574,15 @@ def _pgd_probabilities(model, x, y, suite: Suite, steps: int):
     return torch.stack(seen), x_adv
 
 
-def tradeoff(suite: Suite) -> Outcome:
+@check(
+    "tradeoff", "Accuracy-robustness trade-off", """
+    Clean against robust accuracy (with 95 % intervals) for every model given and every cell of
+    a trade-off sweep: robustness usually costs clean accuracy (Tsipras et al.), and the scatter
+    shows what each model paid. Models of this run are compared on the same images with
+    McNemar's test, so a gap the sample cannot establish is not read as a ranking.""",
+    per_model=False, needs=("white_box",), priority=12,
+)  # fmt: skip
+def tradeoff(suite: Suite, sizes) -> Outcome:
     points = [
         (name, f["main"]["clean"], f["main"]["robust"])
         for name in suite.models
@@ -477,11 +628,48 @@ def tradeoff(suite: Suite) -> Outcome:
         f"{len(points)} models; most robust: {best[0]} ({percent(best[2])} robust, "
         f"{percent(best[1])} clean)"
     )
-    rows = [[label, percent(clean), percent(robust)] for label, clean, robust in points]
+    paired = _against_the_most_robust(suite, best[0])
+    if paired:
+        summary += "; " + "; ".join(f"vs {k}: {v}" for k, v in paired.items())
+    rows = [
+        [label, _with_interval(suite, label, "clean", clean),
+         _with_interval(suite, label, "robust", robust), paired.get(label, "")]
+        for label, clean, robust in points
+    ]  # fmt: skip
     table = {
-        "title": "accuracy-robustness trade-off",
-        "columns": ["model", "clean", "robust"],
+        "title": "accuracy-robustness trade-off (95 % intervals; sweep cells as recorded)",
+        "columns": ["model", "clean", "robust", f"robust accuracy against {best[0]}"],
         "rows": rows,
     }
-    figures = {"points": [{"model": p[0], "clean": p[1], "robust": p[2]} for p in points]}
+    figures = {"points": [{"model": p[0], "clean": p[1], "robust": p[2]} for p in points],
+               "paired_tests": paired}  # fmt: skip
     return Outcome("info", summary, figures, [table], [image])
+
+
+def _with_interval(suite: Suite, label: str, which: str, value: float) -> str:
+    f = suite.figures_of("white_box", label) if label in suite.models else None
+    if f is None:
+        return percent(value)
+    lo, hi = f["main"][f"{which}_interval"]
+    return f"{percent(value)} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _against_the_most_robust(suite: Suite, best: str) -> dict[str, str]:
+    """Per other model of this run: is the most robust one significantly more robust on the
+    images both were attacked on (McNemar)?"""
+    if best not in suite.models:
+        return {}
+    ours = suite.figures_of("white_box", best)["main"]["robust_correct"]
+    out = {}
+    for name in suite.models:
+        f = suite.figures_of("white_box", name)
+        if name == best or f is None:
+            continue
+        theirs = f["main"]["robust_correct"]
+        n = min(len(ours), len(theirs))
+        b = sum(1 for a, t in zip(ours[:n], theirs[:n], strict=True) if a and not t)
+        c = sum(1 for a, t in zip(ours[:n], theirs[:n], strict=True) if t and not a)
+        p = mcnemar(b, c)
+        out[name] = f"{'significantly' if p < ALPHA else 'not significantly'} more robust "
+        out[name] += f"(McNemar p = {p:.2g}, {n} images)"
+    return out

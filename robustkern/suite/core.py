@@ -14,7 +14,9 @@ import torch
 
 from robustkern._io import pyplot, save_figure
 
-VERDICTS = ("pass", "warn", "fail", "info", "skipped", "error")
+VERDICTS = ("pass", "warn", "inconclusive", "fail", "info", "skipped", "error")
+Sizes = dict[str, int]  # a check's planned sizes by knob name ("images", "steps", ...)
+OVERHEAD = 0.4  # seconds a check spends besides the model (figures, tables), for the planner
 
 
 class Skip(Exception):
@@ -35,14 +37,38 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Check:
-    """A check of the suite. ``run(suite, name, model)`` for per-model checks, ``run(suite)`` for
-    checks across all models (``per_model=False``)."""
+    """A check of the suite, declared beside its function with ``@check``.
+
+    ``run(suite, name, model, sizes)`` for per-model checks, ``run(suite, sizes)`` for checks
+    across all models (``per_model=False``); ``sizes`` holds one value per knob. ``knobs``: what
+    the time budget may shrink (``budget.Knob``); ``cost(suite, model_name, sizes)``: the
+    estimated seconds; ``needs``: checks whose results this one reads (run first, per model);
+    ``priority``: lower is kept first when the budget cannot fit every check; ``weight``: its
+    share of the time left once every check has its least size."""
 
     name: str
     title: str
     rationale: str
     run: Callable[..., Outcome]
     per_model: bool = True
+    knobs: dict = field(default_factory=dict)
+    cost: Callable[..., float] = lambda suite, name, sizes: OVERHEAD
+    needs: tuple[str, ...] = ()
+    priority: int = 50
+    weight: float = 0.2
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def check(name: str, title: str, rationale: str, **options) -> Callable:
+    """Declares the decorated function as the suite check ``name`` (see ``Check``)."""
+
+    def register(fn: Callable[..., Outcome]) -> Callable[..., Outcome]:
+        REGISTRY[name] = Check(name, title, " ".join(rationale.split()), fn, **options)
+        return fn
+
+    return register
 
 
 @dataclass
@@ -80,8 +106,9 @@ def literature_threats(shape: tuple[int, ...]) -> list[Threat]:
 class Suite:
     """Everything the checks see. ``x, y``: the test images (on ``device``); ``x_train,
     y_train`` and ``factory`` (a fresh, untrained model) are optional; ``threat`` is the main
-    norm and eps, ``threats`` every (norm, eps) the white-box check runs; ``results`` holds the
-    report entries finished so far (the trade-off scatter reuses the white-box numbers)."""
+    norm and eps, ``threats`` every (norm, eps) the white-box check runs; ``classes``: the
+    models' output width; ``costs``: each model's measured seconds per image (``budget.Costs``)
+    for the planner; ``results`` holds the report entries finished so far."""
 
     models: dict[str, torch.nn.Module]
     x: torch.Tensor
@@ -95,8 +122,9 @@ class Suite:
     tradeoff: dict | None = None
     layer: str | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
-    quick: bool = False
     seed: int = 0
+    classes: int = 0
+    costs: dict = field(default_factory=dict)
     results: list[dict] = field(default_factory=list)
 
     @property
@@ -105,19 +133,17 @@ class Suite:
 
     @property
     def num_classes(self) -> int:
-        return int(self.y.max()) + 1
+        """Classes the models can output (the test labels may not cover them all)."""
+        return max(self.classes, int(self.y.max()) + 1)
 
-    def size(self, full: int, quick: int) -> int:
-        """A check's number of images: ``full``, or ``quick`` under --quick, at most all."""
-        return min(len(self.x), quick if self.quick else full)
+    def images(self, sizes: Sizes) -> int:
+        """A check's number of test images: its planned size, at most all there are."""
+        return min(len(self.x), sizes["images"])
 
-    def subset(self, full: int, quick: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.size(full, quick)
+    def first(self, sizes: Sizes) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``images`` test images and labels of a check's sizes."""
+        n = self.images(sizes)
         return self.x[:n], self.y[:n]
-
-    def budget(self, full: int, quick: int) -> int:
-        """Steps or queries: ``full``, or ``quick`` under --quick."""
-        return quick if self.quick else full
 
     def figures_of(self, check: str, model: str | None) -> dict | None:
         """The figures of a finished check (None if it did not run or did not succeed)."""

@@ -8,22 +8,39 @@ import torch.nn.functional as F
 
 from robustkern._io import pyplot
 from robustkern.evaluation import eval_mode
-from robustkern.suite.core import Outcome, Skip, Suite, percent
+from robustkern.suite.budget import Knob
+from robustkern.suite.core import OVERHEAD, Outcome, Skip, Suite, check, percent
 
 FITTED = 0.95  # training accuracy that counts as fitted
 BATCH = 50
 LR = 1e-3  # Adam, constant
 
 
-def randomisation(suite: Suite) -> Outcome:
+def _randomisation_cost(suite: Suite, name: str | None, sizes) -> float:
+    if suite.factory is None or suite.x_train is None:
+        return 0.0  # it will skip
+    c = next(iter(suite.costs.values()))  # two runs to max_steps, each epoch then scored
+    return 2 * sizes["steps"] * (BATCH * (c.train + c.forward) + c.step) + OVERHEAD
+
+
+@check(
+    "randomisation", "Randomisation test", """
+    Zhang et al.: a network that fits random labels about as fast as the true ones has the
+    capacity to memorise its training data, so its test accuracy comes from inductive bias, not
+    from a lack of capacity. Steps to 95 % training accuracy on a subset, with true and with
+    random labels, at a constant learning rate, with fresh models from the factory.""",
+    per_model=False, knobs={"images": Knob(100, 500), "steps": Knob(100, 3000, keep=0.5)},
+    cost=_randomisation_cost, priority=14, weight=0.5,
+)  # fmt: skip
+def randomisation(suite: Suite, sizes) -> Outcome:
     if suite.factory is None or suite.x_train is None:
         raise Skip("needs training data and a model factory (a fresh model to train)")
-    n = min(len(suite.x_train), suite.budget(500, 200))
+    n = min(len(suite.x_train), sizes["images"])
     x = suite.x_train[:n].to(suite.device)
     y = suite.y_train[:n].to(suite.device)
     g = torch.Generator().manual_seed(suite.seed)
     random_y = torch.randint(0, suite.num_classes, (n,), generator=g).to(suite.device)
-    max_steps = suite.budget(3000, 400)
+    max_steps = sizes["steps"]
     true_steps, true_curve = _steps_to_fit(suite, x, y, max_steps)
     random_steps, random_curve = _steps_to_fit(suite, x, random_y, max_steps)
     plt = pyplot()

@@ -14,15 +14,35 @@ from robustkern import spectral
 from robustkern._io import pyplot
 from robustkern.attacks._common import check_inputs, loss_and_grad
 from robustkern.evaluation import eval_mode
-from robustkern.suite.core import Outcome, Skip, Suite, image_grid, percent, smoothness
+from robustkern.suite.budget import Knob
+from robustkern.suite.core import (
+    OVERHEAD,
+    Outcome,
+    Skip,
+    Suite,
+    check,
+    image_grid,
+    percent,
+    smoothness,
+)
 
 RANDOM_FILTERS = 256  # random initialisations the filter scores are compared with
 MIN_GRADED = 5  # smaller filters are scored and shown, but not graded
 CONFIDENT = 0.95  # a generated image this confident that still looks like noise is a failure
 NOISE_LIKE = 1 / 3  # likeness to real images below which a generated image looks like noise
+GENERATED = 10  # classes drawn by the generator check (the first ten of a 1,000-class model)
 
 
-def capacity(suite: Suite, name: str, model: nn.Module) -> Outcome:
+@check(
+    "capacity", "Capacity: parameters against training examples", """
+    The checklist's first rule: a model with more parameters than training examples can
+    memorise its data instead of learning the task, and nothing in its test accuracy says
+    which. Pass: at most one parameter per training example (a rule of thumb, so above it is a
+    warning). The tables give the parameters by layer kind and every weight's norm: very large
+    norms make large Lipschitz constants likely (see the spectral check).""",
+    cost=lambda suite, name, sizes: 0.2, priority=8,
+)  # fmt: skip
+def capacity(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rows = [
         [
@@ -34,19 +54,38 @@ def capacity(suite: Suite, name: str, model: nn.Module) -> Outcome:
         ]
         for key, p in model.named_parameters()
     ]
-    table = {
-        "title": "parameters and their norms",
+    tables = [_by_kind(model), {
+        "title": f"every parameter tensor ({len(rows)}) and its norms",
         "columns": ["parameter", "shape", "count", "Frobenius norm", "RMS"],
         "rows": rows,
-    }
+        "collapsed": True,
+    }]  # fmt: skip
     figures = {"parameters": params, "total_norm": _total_norm(model)}
     if suite.x_train is None:
         summary = f"{params:,} parameters; the training set size was not given"
-        return Outcome("info", summary, figures, [table])
+        return Outcome("info", summary, figures, tables)
     n = len(suite.x_train)
     figures.update(training_examples=n, parameters_per_example=params / n)
     summary = f"{params:,} parameters for {n:,} training examples ({params / n:.3g} per example)"
-    return Outcome("pass" if params <= n else "warn", summary, figures, [table])
+    return Outcome("pass" if params <= n else "warn", summary, figures, tables)
+
+
+def _by_kind(model: nn.Module) -> dict:
+    """A short table: layers, parameters and their norm per layer type."""
+    kinds: dict[str, list] = {}
+    for m in model.modules():
+        own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        if own:
+            row = kinds.setdefault(type(m).__name__, [0, 0, 0.0])
+            row[0] += 1
+            row[1] += sum(p.numel() for p in own)
+            row[2] += sum(p.detach().float().pow(2).sum().item() for p in own)
+    rows = [[k, layers, f"{count:,}", f"{sq**0.5:.4g}"] for k, (layers, count, sq) in kinds.items()]
+    return {
+        "title": "parameters by layer kind",
+        "columns": ["layer kind", "layers", "parameters", "Frobenius norm"],
+        "rows": rows,
+    }
 
 
 def _total_norm(model: nn.Module) -> float:
@@ -54,7 +93,17 @@ def _total_norm(model: nn.Module) -> float:
     return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
 
-def first_layer_filters(suite: Suite, name: str, model: nn.Module) -> Outcome:
+@check(
+    "first_layer_filters", "First-layer filters", """
+    Filters that look like noise suggest a model that did not learn much from its data, or
+    that fits high-frequency patterns a human would not use. Each filter gets two scores, the
+    share of its spectral energy below half the Nyquist frequency and its correlation with a
+    blurred copy of itself; a filter is noise-like when neither score exceeds the 95th
+    percentile of the layer's own random initialisations. Pass below 25 % noise-like, warn
+    below 50 %; filters smaller than 5x5 are shown but not graded.""",
+    cost=lambda suite, name, sizes: 1.0, priority=9,  # 256 random initialisations scored
+)  # fmt: skip
+def first_layer_filters(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
     layer, weight, what = _first_layer(model, suite.x.shape[1:])
     ours = _filter_scores(weight)
     random = _filter_scores(_random_like(layer, weight))
@@ -141,9 +190,26 @@ def _filter_scores(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return share, smoothness(weight)
 
 
-def generator(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    classes = min(suite.num_classes, 10)
-    steps = suite.budget(100, 30)
+def _generator_cost(suite: Suite, name: str, sizes) -> float:
+    classes = min(suite.num_classes, GENERATED)  # two variants, one batch of classes each
+    return 2 * suite.costs[name].attack(classes, sizes["steps"], early_stop=False) + 2 * OVERHEAD
+
+
+@check(
+    "generator", "The classifier as a generator", """
+    Gradient ascent on log p(class | x) from uniform noise (sign steps, and L2-normalised steps
+    of the same length), for up to 10 classes, shows what the model takes as evidence for each
+    class. A robust model draws recognisable class features; a non-robust one becomes very
+    confident on images that still look like noise (Nguyen et al.'s fooling images). Each image
+    is scored by its likeness to real test images of its class (0: as the noise it started
+    from, 1: as a typical real image). An image is fooling when the model is > 95 % confident
+    and its likeness is below 1/3; pass when none is, fail when more than half of the confident
+    images are fooling, warn otherwise.""",
+    knobs={"steps": Knob(10, 100, keep=0.5)}, cost=_generator_cost, priority=10, weight=0.3,
+)  # fmt: skip
+def generator(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    classes = min(suite.num_classes, GENERATED)
+    steps = sizes["steps"]
     lo, hi = suite.bounds
     start = torch.empty((classes, *suite.x.shape[1:]), device=suite.device)
     start.uniform_(lo, hi, generator=suite.generator())
@@ -250,9 +316,19 @@ def _ascend(model, start, target, variant, steps, bounds) -> torch.Tensor:
     return x
 
 
-def units(suite: Suite, name: str, model: nn.Module) -> Outcome:
+@check(
+    "units", "Unit analysis (Szegedy et al. section 3)", """
+    Szegedy et al. found that the test images maximising a single unit of a layer are no more
+    semantically alike than those maximising a random direction: the space, not the units,
+    carries the meaning. Shown side by side, with how often the top images share a label.""",
+    knobs={"images": Knob(200, 2000)}, priority=13, weight=0.3,
+    cost=lambda suite, name, sizes: (
+        suite.costs[name].forwards(suite.images(sizes), suite.images(sizes) / 256) + OVERHEAD
+    ),
+)  # fmt: skip
+def units(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
     layer_name, layer = _unit_layer(model, suite.layer)
-    x, y = suite.subset(2000, 500)
+    x, y = suite.first(sizes)
     features = _features(model, layer, x).flatten(1)
     count, top = 4, 8
     chosen = features.var(0).topk(min(count, features.shape[1])).indices
@@ -330,7 +406,25 @@ def _features(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tens
     return torch.cat(found).float()
 
 
-def lipschitz(suite: Suite, name: str, model: nn.Module) -> Outcome:
+def _lipschitz_cost(suite: Suite, name: str) -> float:
+    """The conv norms dominate: about 0.15 s per conv at 32 px on 2 CPU threads (ResNet-18:
+    2.5 s), growing slowly with the image (5.9 s at 224 px; bench_spectral)."""
+    convs = sum(isinstance(m, nn.Conv2d) for m in suite.models[name].modules())
+    pixels = suite.x.shape[-2] * suite.x.shape[-1]
+    return OVERHEAD + 0.15 * convs * (pixels / 1024) ** 0.25
+
+
+@check(
+    "lipschitz", "Spectral analysis: per-layer Lipschitz bounds", """
+    Szegedy et al. (section 4.3) bound the network's sensitivity by the product of its layers'
+    upper Lipschitz constants. The model's forward is traced and every layer bounded: conv
+    layers' operator norms from the Fourier transform of their kernels (certified upper bounds,
+    stride and padding included, eval-mode BatchNorm folded in), residual additions as the sum
+    of their branches' bounds. A large bound does not prove instability, but it shows which
+    layers could amplify a perturbation; a layer that cannot be bounded is named (warn).""",
+    cost=lambda suite, name, sizes: _lipschitz_cost(suite, name), priority=6,
+)  # fmt: skip
+def lipschitz(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
     table = spectral.lipschitz_table(model, tuple(suite.x.shape[1:]))
     uppers = [r.upper for r in table.rows]
     rows = [

@@ -14,107 +14,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 import robustkern
 from robustkern._io import atomic_write_text
+from robustkern._progress import progress_bar
+from robustkern.checks import check_finite, warn_unusual_eps
 from robustkern.data import eps_text
 from robustkern.evaluation import eval_mode, model_device
-from robustkern.suite import attacking, fitting, internals, shifts
-from robustkern.suite.core import Check, Skip, Suite, Threat, literature_threats
+from robustkern.suite import attacking, fitting, inspection, shifts  # noqa: F401  (declare checks)
+from robustkern.suite.budget import (
+    QUICK_SECONDS,
+    SAFETY,
+    Plan,
+    Task,
+    allocate,
+    measure_models,
+    plan_table,
+)
+from robustkern.suite.core import REGISTRY, Skip, Suite, Threat, literature_threats
 from robustkern.suite.report import SCHEMA, json_safe, terminal_table, validate, write_html
+from robustkern.timebudget import Deadline, parse_budget
 
-CHECKS = (
-    Check("capacity", "Capacity: parameters against training examples", (
-        "The checklist's first rule: a model with more parameters than training examples can "
-        "memorise its data instead of learning the task, and nothing in its test accuracy says "
-        "which. Pass: at most one parameter per training example (a rule of thumb, so above it "
-        "is a warning). The table lists every weight's norm: very large norms make large "
-        "Lipschitz constants likely (see the spectral check)."), internals.capacity),
-    Check("first_layer_filters", "First-layer filters", (
-        "Filters that look like noise suggest a model that did not learn much from its data, or "
-        "that fits high-frequency patterns a human would not use. Each filter gets two scores, "
-        "the share of its spectral energy below half the Nyquist frequency and its correlation "
-        "with a blurred copy of itself; a filter is noise-like when neither score exceeds the "
-        "95th percentile of the layer's own random initialisations. Pass below 25 % noise-like, "
-        "warn below 50 %."), internals.first_layer_filters),
-    Check("generator", "The classifier as a generator", (
-        "Gradient ascent on log p(class | x) from uniform noise (sign steps, and L2-normalised "
-        "steps of the same length) shows what the model takes as evidence for each class. A "
-        "robust model draws recognisable class features; a non-robust one becomes very "
-        "confident on images that still look like noise (Nguyen et al.'s fooling images). Fail: "
-        "an image reached > 95 % confidence while its smoothness stays below that of 95 % of "
-        "the real test images."), internals.generator),
-    Check("white_box", "Strong white-box attacks", (
-        "Robust accuracy under the reliable evaluation's white-box stages (APGD-CE, then "
-        "targeted APGD-DLR over 9 classes, each on the points still robust) at the literature's "
-        "radius for this kind of data, in both norms. Pass: the model keeps at least half its "
-        "clean accuracy; warn: at least 10 %; fail below. A standard model fails: that is the "
-        "point of adversarial examples (Szegedy et al.)."), attacking.white_box),
-    Check("masking", "Gradient-masking indicators", (
-        "A robust accuracy is only believable if the attack behind it worked. These indicators "
-        "(Carlini et al. 2019, AutoAttack's checks, Pintor et al. 2022) look for the symptoms "
-        "of gradient masking: black-box, transfer, single-step or random attacks beating the "
-        "white-box one, an unbounded attack short of 100 % error, robust accuracy that does not "
-        "fall with eps, zero or random gradients. The verdict is the worst indicator's."),
-        attacking.masking),
-    Check("unbounded", "Unbounded attack and the robust-accuracy curve", (
-        "With no bound on the perturbation every input can be made misclassified; an attack "
-        "that cannot reach 100 % error is failing, and every robust accuracy it reports is "
-        "suspect. The fast minimum-norm attack (FMN) finds each image's smallest adversarial "
-        "perturbation, which gives the whole robust-accuracy-vs-eps curve from one run; the "
-        "fixed-eps white-box result is marked on it as a cross-check. Fail: any image never "
-        "flipped."), attacking.unbounded),
-    Check("min_distortion", "Minimum distortion (Szegedy et al.)", (
-        "Szegedy et al. measure a model's stability by the average minimum distortion "
-        "sqrt(mean squared pixel change) that box-constrained L-BFGS needs to change its "
-        "decision, and show that Gaussian noise of the same size barely hurts: adversarial "
-        "examples are rare, specific directions, not a sign of general noise sensitivity."),
-        attacking.min_distortion),
-    Check("transfer", "Transfer between models", (
-        "Adversarial examples crafted on one model fool others (Szegedy et al., Table 2), next "
-        "to Gaussian noise of the same size. Examples transferred from another model must not "
-        "beat a model's own white-box attack: if they do, the white-box attack is failing on "
-        "it (the checklist's 'black box weaker than white box'). Fail when they do by more "
-        "than one point."), attacking.transfer, per_model=False),
-    Check("lipschitz", "Spectral analysis: per-layer Lipschitz bounds", (
-        "Szegedy et al. (section 4.3) bound the network's sensitivity by the product of its "
-        "layers' upper Lipschitz constants; conv layers' operator norms come from the Fourier "
-        "transform of their kernels (certified upper bounds, stride and padding included). A "
-        "large product does not prove instability, but it shows which layers could amplify a "
-        "perturbation."), internals.lipschitz),
-    Check("fourier", "Fourier heat map", (
-        "Yin et al.: the test error when one Fourier basis image of fixed L2 norm is added to "
-        "every test image, per frequency. Naturally trained models are robust to "
-        "low-frequency and fragile to mid/high-frequency perturbations; adversarial training "
-        "moves the fragility to low frequencies (fog, contrast)."), shifts.fourier_heatmap),
-    Check("corruptions", "Common corruptions", (
-        "Accuracy under natural shifts (noise, blur, contrast, brightness, fog, pixelation, "
-        "low- and high-pass filtering) at five severities each (Hendrycks & Dietterich), with "
-        "the corruption error relative to the first model when there are several. Robustness "
-        "to adversarial perturbations and to these shifts do not come together for free."),
-        shifts.common_corruptions),
-    Check("trajectory", "PGD trajectory", (
-        "The class probabilities at every PGD step for a few test images (the visual tour's "
-        "step slider as small multiples): a non-robust model's confidence collapses within a "
-        "few steps, a robust model's decays slowly or not at all."), attacking.trajectory),
-    Check("randomisation", "Randomisation test", (
-        "Zhang et al.: a network that fits random labels about as fast as the true ones has "
-        "the capacity to memorise its training data, so its test accuracy comes from inductive "
-        "bias, not from a lack of capacity. Steps to 95 % training accuracy on a subset, with "
-        "true and with random labels, at a constant learning rate."), fitting.randomisation,
-        per_model=False),
-    Check("tradeoff", "Accuracy-robustness trade-off", (
-        "Clean against robust accuracy for every model given (and every cell of a trade-off "
-        "sweep): robustness usually costs clean accuracy (Tsipras et al.), and the scatter "
-        "shows what each model paid."), attacking.tradeoff, per_model=False),
-    Check("units", "Unit analysis (Szegedy et al. section 3)", (
-        "Szegedy et al. found that the test images maximising a single unit of a layer are no "
-        "more semantically alike than those maximising a random direction: the space, not the "
-        "units, carries the meaning. Shown side by side, with how often the top images share "
-        "a label."), internals.units),
+# The report's order; each check is declared beside its function (``core.check``).
+ORDER = (
+    "capacity", "first_layer_filters", "generator", "white_box", "masking", "unbounded",
+    "min_distortion", "transfer", "lipschitz", "fourier", "corruptions", "trajectory",
+    "randomisation", "tradeoff", "units",
 )  # fmt: skip
-CHECK_NAMES = tuple(c.name for c in CHECKS)
+CHECKS = tuple(REGISTRY[name] for name in ORDER)
+CHECK_NAMES = ORDER
 
 
 def run_suite(
@@ -129,6 +57,7 @@ def run_suite(
     checks: Sequence[str] | None = None,
     tradeoff: str | Path | dict | None = None,
     layer: str | None = None,
+    budget: float | str | None = None,
     quick: bool = False,
     out: str | Path = "report",
     data_name: str = "custom",
@@ -136,20 +65,75 @@ def run_suite(
     progress: bool = True,
     resume: bool = True,
 ) -> dict:
-    """Runs the checks (default: all of ``CHECK_NAMES``) on every model and writes
-    ``out/report.json``, ``out/index.html`` and ``out/images/``; returns the report (see
-    ``robustkern.suite.report`` for its schema).
+    """Runs the checks on every model and writes ``out/report.json``, ``out/index.html`` and
+    ``out/images/`` after each check; returns the report (schema: ``robustkern.suite.report``).
 
-    models: name -> model (eval mode is used and restored; models stay on their device, the
-    data follows the first model). test_data: images in ``bounds`` and labels. train_data and
-    factory (a function returning a fresh model) enable the capacity ratio and the
-    randomisation test. eps: the main radius in ``norm`` (default: the literature's for the
-    data's shape); the white-box check also runs the other norm at the literature's radius.
-    tradeoff: a ``robustkern tradeoff`` output directory (or its tradeoff.json, or the loaded
-    dict) to add to the trade-off scatter. layer: the module name for the unit analysis
-    (default: the input of the last Linear). ``quick``: small budgets, a smoke run. A rerun
-    into the same ``out`` with the same models, data and settings reuses the finished checks
-    (``resume=False`` starts over)."""
+    Args:
+        models: name -> classifier returning logits; eval mode is used and each model's mode
+            restored after; models stay on their device and the data follow the first model.
+        test_data: images (N, C, H, W) in ``bounds`` and int64 labels (N,).
+        train_data: (images, labels) of the training set: the capacity ratio and, with
+            ``factory`` (a function returning a fresh model), the randomisation test.
+        norm, eps: the main threat model, eps in the inputs' units (default: the literature's
+            radius for the data's shape); the white-box check also runs the other norm.
+        bounds: (lo, hi), the range of valid inputs.
+        checks: names from ``CHECK_NAMES`` (default: all); the checks they need run too.
+        tradeoff: a ``robustkern tradeoff`` output directory (or its tradeoff.json, or the
+            loaded dict) to add to the trade-off scatter.
+        layer: the module name for the unit analysis (default: the input of the last Linear).
+        budget: seconds, or a string such as "10m": the whole run (measuring included) is
+            planned to fit, each check's images, steps and queries chosen from the measured
+            cost of the models; a check that cannot fit its least size is skipped, saying so.
+            None: every check at its full size. ``quick``: a 1-minute budget.
+        out: the report's directory. data_name: how the report names the data. seed: every
+            draw. progress: a progress bar and the printed plan.
+        resume: a rerun into the same ``out`` with the same models, data and settings reuses
+            the finished checks (and the time they took); False starts over.
+    """
+    suite, chosen = _prepare(models, test_data, train_data, factory, norm, eps, bounds, checks,
+                             tradeoff, layer, out, seed)  # fmt: skip
+    seconds = QUICK_SECONDS if quick and budget is None else parse_budget(budget)
+    report = _new_report(suite, data_name, train_data, seconds, quick)
+    with ExitStack() as modes:
+        for m in models.values():
+            modes.enter_context(eval_mode(m))
+        finished = _finished(suite.out, report["fingerprint"]) if resume else {}
+        deadline = Deadline(seconds, spent=sum(e["seconds"] for e in finished.values()))
+        tasks = _tasks(chosen, suite)
+        todo = [t for t in tasks if (t.check.name, t.model) not in finished]
+        if todo:
+            randomisation = any(t.check.name == "randomisation" for t in todo)
+            suite.costs.update(measure_models(suite, randomisation, seconds))
+            report["costs"] = {k: vars(c) for k, c in suite.costs.items()}
+            plans = allocate(todo, deadline.left if seconds is None else deadline.left * SAFETY)
+            if progress:
+                print(plan_table(todo, plans, seconds, suite.costs))
+        _run_tasks(suite, tasks, finished, report, deadline, progress)
+    return report
+
+
+def _run_tasks(suite: Suite, tasks: list, finished: dict, report: dict, deadline, progress):
+    """Each task in order: reused if finished, else planned again on the time left and run;
+    the report rewritten after each."""
+    bar = progress_bar(tasks, desc="suite", disable=not progress, unit="check")
+    for i, task in enumerate(bar):
+        bar.set_postfix_str(task.check.name + (f" ({task.model})" if task.model else ""))
+        entry = finished.get((task.check.name, task.model))
+        if entry is None:
+            rest = [t for t in tasks[i:] if (t.check.name, t.model) not in finished]
+            left = None if deadline.seconds is None else max(0.0, deadline.left) * SAFETY
+            entry = _run(task, suite, allocate(rest, left)[0])
+            _learn(suite, task, entry)
+        suite.results.append(entry)
+        report["seconds"] = deadline.elapsed
+        atomic_write_text(suite.out / "report.json", json.dumps(report, indent=1, allow_nan=False))
+        write_html(report, suite.out)  # a killed run leaves a readable page of what finished
+    validate(report)
+
+
+def _prepare(models, test_data, train_data, factory, norm, eps, bounds, checks, tradeoff, layer,
+             out, seed) -> tuple[Suite, tuple[str, ...]]:  # fmt: skip
+    """The Suite the checks see, after checking every argument; and the chosen check names."""
     if not models:
         raise ValueError("models must name at least one model")
     chosen = CHECK_NAMES if checks is None else tuple(checks)
@@ -159,51 +143,66 @@ def run_suite(
     x, y = test_data
     if x.dim() != 4 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"test images must be (N, C, H, W) with N labels, N > 0: {tuple(x.shape)}")
+    check_finite(x, "the test images")
     device = model_device(next(iter(models.values())))
     threats = _threats(tuple(x.shape[1:]), norm, eps, bounds)
-    out = Path(out)
-    # Every check sees the models in eval mode, restored at the end: a check that called an
-    # attack on a train-mode BatchNorm model would score batch statistics and update the
-    # model's running ones.
-    with ExitStack() as modes:
-        for m in models.values():
-            modes.enter_context(eval_mode(m))
-        suite = Suite(
-            models, x.to(device), y.to(device), threats[0], threats, out,
-            x_train=None if train_data is None else train_data[0],
-            y_train=None if train_data is None else train_data[1],
-            factory=factory, tradeoff=_load_tradeoff(tradeoff), layer=layer, bounds=bounds,
-            quick=quick, seed=seed,
-        )  # fmt: skip
-        report = {
-            "schema": SCHEMA, "robustkern": robustkern.__version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "fingerprint": _fingerprint(suite), "device": str(device), "seconds": 0.0,
-            "quick": quick,
-            "data": {"name": data_name, "test_images": len(x), "shape": list(x.shape[1:]),
-                     "train_images": None if train_data is None else len(train_data[0]),
-                     "classes": suite.num_classes},
-            "models": [{"name": k, "parameters": sum(p.numel() for p in m.parameters())}
-                       for k, m in models.items()],
-            "threat": {"norm": threats[0].norm, "eps": threats[0].eps, "source": threats[0].source},
-            "checks": suite.results,
-        }  # fmt: skip
-        finished = _finished(out, report["fingerprint"]) if resume else {}
-        tasks = [(c, name) for c in CHECKS if c.name in chosen
-                 for name in (models if c.per_model else [None])]  # fmt: skip
-        start = time.perf_counter()
-        bar = tqdm(tasks, desc="suite", disable=not progress, unit="check")
-        for check, name in bar:
-            bar.set_postfix_str(check.name + (f" ({name})" if name else ""))
-            entry = finished.get((check.name, name)) or _run(check, suite, name)
-            suite.results.append(entry)
-            report["seconds"] = (
-                time.perf_counter() - start + sum(e["seconds"] for e in finished.values())
-            )
-            atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=False))
-    validate(report)
-    write_html(report, out)
-    return report
+    warn_unusual_eps(threats[0].eps, threats[0].norm, bounds, x[0].numel())
+    suite = Suite(
+        models, x.to(device), y.to(device), threats[0], threats, Path(out),
+        x_train=None if train_data is None else train_data[0],
+        y_train=None if train_data is None else train_data[1],
+        factory=factory, tradeoff=_load_tradeoff(tradeoff), layer=layer, bounds=bounds,
+        seed=seed, classes=_classes(models, x[:1].to(device)),
+    )  # fmt: skip
+    return suite, chosen
+
+
+def _classes(models: dict, x: torch.Tensor) -> int:
+    """The widest output of the models (the labels need not cover every class)."""
+    widths = []
+    for m in models.values():
+        with eval_mode(m), torch.no_grad():
+            widths.append(m(x.to(model_device(m))).shape[-1])
+    return max(widths)
+
+
+def _new_report(suite: Suite, data_name: str, train_data, seconds: float | None, quick: bool):
+    x = suite.x
+    return {
+        "schema": SCHEMA, "robustkern": robustkern.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": _fingerprint(suite, seconds), "device": str(suite.device),
+        "seconds": 0.0, "budget": seconds, "quick": quick,
+        "data": {"name": data_name, "test_images": len(x), "shape": list(x.shape[1:]),
+                 "train_images": None if train_data is None else len(train_data[0]),
+                 "classes": suite.num_classes},
+        "models": [{"name": k, "parameters": sum(p.numel() for p in m.parameters())}
+                   for k, m in suite.models.items()],
+        "threat": {"norm": suite.threat.norm, "eps": suite.threat.eps,
+                   "source": suite.threat.source},
+        "costs": {},
+        "checks": suite.results,
+    }  # fmt: skip
+
+
+def _tasks(chosen: Sequence[str], suite: Suite) -> list[Task]:
+    """One task per chosen check and model (one for checks across models), with every check
+    a chosen one needs, in the report's order."""
+    wanted, stack = set(), list(chosen)
+    while stack:
+        name = stack.pop()
+        if name not in wanted:
+            wanted.add(name)
+            stack.extend(REGISTRY[name].needs)
+    return [Task(c, name, suite) for c in CHECKS if c.name in wanted
+            for name in (suite.models if c.per_model else [None])]  # fmt: skip
+
+
+def _learn(suite: Suite, task: Task, entry: dict) -> None:
+    """What a finished check teaches the planner: the white-box check's robust share."""
+    if task.check.name == "white_box" and entry["verdict"] not in ("error", "skipped"):
+        main = entry["figures"]["main"]
+        suite.costs[task.model].robust = main["robust"] / max(main["clean"], 1e-12)
 
 
 def _threats(shape, norm: str, eps: float | None, bounds) -> list[Threat]:
@@ -222,13 +221,19 @@ def _threats(shape, norm: str, eps: float | None, bounds) -> list[Threat]:
     return [main, *(t for t in known if t.norm != norm)]
 
 
-def _run(check: Check, suite: Suite, name: str | None) -> dict:
+def _run(task: Task, suite: Suite, plan: Plan) -> dict:
+    check, name = task.check, task.model
     entry = {"name": check.name, "title": check.title, "model": name, "verdict": "error",
              "summary": "", "rationale": check.rationale, "seconds": 0.0, "figures": {},
-             "tables": [], "images": [], "error": None}  # fmt: skip
+             "tables": [], "images": [], "error": None, "sizes": plan.sizes,
+             "estimate": plan.seconds}  # fmt: skip
     start = time.perf_counter()
     try:
-        outcome = check.run(suite, name, suite.models[name]) if name else check.run(suite)
+        if plan.skipped:
+            raise Skip(plan.skipped)
+        sizes = plan.sizes
+        outcome = check.run(suite, name, suite.models[name], sizes) if name else check.run(
+            suite, sizes)  # fmt: skip
         entry.update(verdict=outcome.verdict, summary=outcome.summary, figures=outcome.figures,
                      tables=outcome.tables, images=outcome.images)  # fmt: skip
     except Skip as e:
@@ -252,7 +257,7 @@ def _finished(out: Path, fingerprint: str) -> dict:
     return {(c["name"], c["model"]): c for c in old.get("checks", []) if c["verdict"] != "error"}
 
 
-def _fingerprint(suite: Suite) -> str:
+def _fingerprint(suite: Suite, budget: float | None) -> str:
     """Hash of the models' names and weights, the data and every setting that changes a result."""
     h = hashlib.sha256()
     for name, model in suite.models.items():
@@ -263,7 +268,7 @@ def _fingerprint(suite: Suite) -> str:
     for t in (suite.x, suite.y, suite.x_train, suite.y_train):
         if t is not None:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    settings = [suite.threats, suite.bounds, suite.quick, suite.seed, suite.layer,
+    settings = [suite.threats, suite.bounds, budget, suite.seed, suite.layer,
                 suite.tradeoff, suite.factory is not None, robustkern.__version__]  # fmt: skip
     h.update(json.dumps(json_safe(settings), sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]

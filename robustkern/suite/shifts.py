@@ -8,7 +8,9 @@ import math
 from torch import nn
 
 from robustkern import corruptions, fourier
-from robustkern.suite.core import Outcome, Suite, percent
+from robustkern.stats import percent_with_interval
+from robustkern.suite.budget import Knob
+from robustkern.suite.core import OVERHEAD, Outcome, Suite, check, percent
 
 
 def fourier_eps(shape) -> float:
@@ -17,17 +19,40 @@ def fourier_eps(shape) -> float:
     return round(4.0 * math.sqrt(shape[-2] * shape[-1] / 1024), 4)
 
 
-def fourier_heatmap(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    x, y = suite.subset(200, 40)
-    eps = fourier_eps(x.shape)
+def _stride(suite: Suite, sizes) -> int:
+    """The heat map's stride that leaves about ``frequencies`` evaluated per side."""
+    return math.ceil(max(suite.x.shape[-2:]) / sizes["frequencies"])
+
+
+def _fourier_cost(suite: Suite, name: str, sizes) -> float:
+    h, w = suite.x.shape[-2:]
+    stride = _stride(suite, sizes)
+    frequencies = math.ceil(h / stride) * math.ceil(w / stride) / 2 + 1  # one per conjugate pair
+    images = suite.images(sizes) * frequencies  # perturbed images, 256 per call
+    return 1.2 * suite.costs[name].forwards(images, images / 256) + OVERHEAD  # and the bases
+
+
+@check(
+    "fourier", "Fourier heat map", """
+    Yin et al.: the test error when one Fourier basis image of fixed L2 norm is added to every
+    test image, per frequency (on a coarser grid of frequencies when the budget cannot pay for
+    every one of a large image). Naturally trained models are robust to low-frequency and
+    fragile to mid/high-frequency perturbations; adversarial training moves the fragility to
+    low frequencies (fog, contrast).""",
+    knobs={"images": Knob(20, 200), "frequencies": Knob(8, 256, keep=0.7)},
+    cost=_fourier_cost, priority=5, weight=1.0,
+)  # fmt: skip
+def fourier_heatmap(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    x, y = suite.first(sizes)
+    eps, stride = fourier_eps(x.shape), _stride(suite, sizes)
     error_map = fourier.heatmap(
-        model, x, y, eps=eps, bounds=suite.bounds, seed=suite.seed, progress=False
+        model, x, y, eps=eps, bounds=suite.bounds, seed=suite.seed, progress=False, stride=stride
     )
     profile = fourier.radial_profile(error_map)
     third = max(1, len(profile) // 3)
-    low, high = profile[:third].mean().item(), profile[-third:].mean().item()
+    low, high = profile[:third].nanmean().item(), profile[-third:].nanmean().item()
     h, w = error_map.shape
-    worst = divmod(int(error_map.argmax()), w)
+    worst = divmod(int(error_map.nan_to_num(-1.0).argmax()), w)
     path, image = suite.image(
         "fourier",
         name,
@@ -37,26 +62,46 @@ def fourier_heatmap(suite: Suite, name: str, model: nn.Module) -> Outcome:
         ),
     )
     fourier.plot_heatmap(error_map, path, title=f"{name}: Fourier heat map, eps {eps:g}")
+    evaluated = error_map[~error_map.isnan()]
     figures = {
         "eps": eps,
         "images": len(x),
-        "mean_error": error_map.mean().item(),
-        "max_error": error_map.max().item(),
+        "stride": stride,
+        "frequencies": int(evaluated.numel()),
+        "mean_error": evaluated.mean().item(),
+        "max_error": evaluated.max().item(),
         "worst_frequency": [worst[0] - h // 2, worst[1] - w // 2],
         "low_frequency_error": low,
         "high_frequency_error": high,
         "radial_profile": profile.tolist(),
     }
     summary = (
-        f"mean error {percent(error_map.mean().item())} over frequencies; low-frequency third "
-        f"{percent(low)}, high-frequency third {percent(high)}; worst "
-        f"{percent(error_map.max().item())} at ({worst[0] - h // 2}, {worst[1] - w // 2})"
+        f"mean error {percent(evaluated.mean().item())} over {evaluated.numel()} frequencies"
+        f"{f' (stride {stride})' if stride > 1 else ''} on {len(x)} images; low-frequency "
+        f"third {percent(low)}, high-frequency third {percent(high)}; worst "
+        f"{percent(evaluated.max().item())} at ({worst[0] - h // 2}, {worst[1] - w // 2})"
     )
     return Outcome("info", summary, figures, images=[image])
 
 
-def common_corruptions(suite: Suite, name: str, model: nn.Module) -> Outcome:
-    x, y = suite.subset(500, 200)
+def _corruptions_cost(suite: Suite, name: str, sizes) -> float:
+    c, images = suite.costs[name], suite.images(sizes)
+    scored = 2 if name != next(iter(suite.models)) else 1  # the first model is the baseline
+    cells = len(corruptions.CORRUPTIONS) * len(corruptions.SEVERITIES)
+    calls = cells * scored * math.ceil(images / 256)
+    return cells * images * c.corrupt + c.forwards(cells * scored * images, calls) + 2 * OVERHEAD
+
+
+@check(
+    "corruptions", "Common corruptions", """
+    Accuracy, with 95 % intervals, under natural shifts (noise, blur, contrast, brightness, fog,
+    pixelation, low- and high-pass filtering) at five severities each (Hendrycks & Dietterich),
+    with the corruption error relative to the first model when there are several. Robustness to
+    adversarial perturbations and to these shifts do not come together for free.""",
+    knobs={"images": Knob(50, 500)}, cost=_corruptions_cost, priority=3, weight=2.0,
+)  # fmt: skip
+def common_corruptions(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
+    x, y = suite.first(sizes)
     first = next(iter(suite.models))
     baseline = suite.models[first] if name != first else None
     report = corruptions.corruption_report(
@@ -71,15 +116,17 @@ def common_corruptions(suite: Suite, name: str, model: nn.Module) -> Outcome:
         ),
     )
     corruptions.plot_report(report, path)
+    n = len(x)
     rows = [
-        [c, *(percent(a) for a in row), percent(sum(row) / len(row))]
+        [c, *(percent_with_interval(round(a * n), n) for a in row), percent(sum(row) / len(row))]
         for c, row in report.accuracy.items()
     ]
     severities = len(next(iter(report.accuracy.values())))
     columns = ["corruption", *(f"severity {s + 1}" for s in range(severities)), "mean"]
     worst = min(report.accuracy, key=lambda c: sum(report.accuracy[c]))
     summary = (
-        f"clean {percent(report.clean_accuracy)}, mean under corruptions "
+        f"clean {percent_with_interval(round(report.clean_accuracy * n), n)} on {n} images, "
+        "mean under corruptions "
         f"{percent(report.mean_accuracy)}; worst: {worst} "
         f"({percent(sum(report.accuracy[worst]) / severities)} on average)"
     )
@@ -90,6 +137,12 @@ def common_corruptions(suite: Suite, name: str, model: nn.Module) -> Outcome:
         "info",
         summary,
         figures,
-        [{"title": f"accuracy on {len(x)} test images", "columns": columns, "rows": rows}],
+        [
+            {
+                "title": f"accuracy on {n} test images (95 % intervals)",
+                "columns": columns,
+                "rows": rows,
+            }
+        ],
         [image],
     )
