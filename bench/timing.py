@@ -52,7 +52,7 @@ def floor_fn(model, x: torch.Tensor, y: torch.Tensor, passes: int):
     attack's loop cannot beat. Time it on points the attack itself produced, not on clean x: on
     the CPU a model's passes cost more on perturbed images (max-pooling and ReLU-backward time
     depends on the values; about 10 % on the small CNN), which a clean-x floor would hide."""
-    from robustkern.attacks._common import input_grad
+    from robustkern.attacks.gradients import input_grad
 
     labels = (0, int(y.max()))
     return lambda: [input_grad(model, x, y, "ce", False, labels) for _ in range(passes)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -60,3 +61,20 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def init_distributed(device: str) -> tuple[torch.device | str, bool]:
+    """Under torchrun (WORLD_SIZE > 1): the process group initialised (nccl on CUDA, gloo on
+    the CPU) and this rank's device ("cuda" and "auto" with a GPU become cuda:LOCAL_RANK);
+    (device, whether this call created the group). Elsewhere (device, False)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, False
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device, True

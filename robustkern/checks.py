@@ -14,6 +14,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from robustkern.modes import model_device
+from robustkern.types import Bounds, PerSample
+
 
 class TrainModeWarning(UserWarning):
     """An attack ran on a model in train mode (batch statistics, dropout) outside training."""
@@ -189,3 +192,123 @@ def _stochastic(m: nn.Module) -> bool:
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return m.track_running_stats or m.training
     return isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+
+
+# --- arguments: the messages every entry point gives ------------------------------------
+
+
+def check_inputs(
+    x: torch.Tensor, y: torch.Tensor, bounds: Bounds, model: torch.nn.Module | None = None
+) -> tuple[int, int]:
+    """Checks x, y and bounds once, before any step loop; returns (min, max) label (one sync).
+    With ``model`` (an attack's entry), also warns when it is attacked in train mode."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError(
+            f"x must be a floating tensor (N, ...), got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
+    check_label_tensor(x, y)
+    lo, hi = bounds
+    if not (lo <= hi):
+        raise ValueError(f"bounds=(lo, hi) needs lo <= hi, got {bounds}")
+    if x.numel() == 0:
+        return (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+    # One sync for both: x outside the bounds would be clipped into them by every step, moving
+    # it farther than eps (a silent wrong robust accuracy); NaN in x propagates through min/max.
+    x_lo, x_hi, y_lo, y_hi = torch.stack([x.min().double(), x.max().double(),
+                                          y.min().double(), y.max().double()]).tolist()  # fmt: skip
+    if not (math.isfinite(x_lo) and math.isfinite(x_hi)):
+        raise ValueError(nonfinite_message(x))
+    if not (lo <= x_lo and x_hi <= hi):
+        raise ValueError(
+            f"x must lie within bounds=({lo}, {hi}), got values in [{x_lo:.6g}, {x_hi:.6g}]: "
+            + out_of_bounds_hint(x_lo, x_hi, bounds)
+        )
+    if model is not None:
+        warn_if_train_mode(model)
+    return int(y_lo), int(y_hi)
+
+
+def check_images(x: torch.Tensor) -> None:
+    """x: a floating batch of images (N, C, H, W)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"x must be a floating tensor of images (N, C, H, W), got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
+    check_finite(x)
+
+
+def check_label_tensor(x: torch.Tensor, y: torch.Tensor) -> None:
+    """y: int64 labels (what cross_entropy and gather take), one per row of x, on x's device.
+    No host sync (the label range is checked by check_inputs and check_labels)."""
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+        raise ValueError(
+            f"y must be an int64 tensor of class labels, got {getattr(y, 'dtype', type(y))}"
+            " (y.long() converts integer labels)"
+        )
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"y must be on x's device {x.device}, got {y.device}")
+
+
+def label_range(y: torch.Tensor) -> tuple[int, int]:
+    """(min, max) label, (0, 0) for no labels: one host sync."""
+    if y.numel() == 0:
+        return 0, 0
+    lo, hi = torch.stack([y.min(), y.max()]).tolist()
+    return int(lo), int(hi)
+
+
+def check_model_labels(model, x: torch.Tensor, y: torch.Tensor) -> None:
+    """For whole-dataset scores (accuracy under noise, corruptions): y holds int64 labels, one
+    per image, that index the model's outputs (one forward of one image, model in eval mode).
+    A label the model cannot output would count as an error, silently."""
+    check_label_tensor(x, y)
+    if len(x):
+        with torch.no_grad():
+            logits = model(x[:1].to(model_device(model)))
+        check_logits(logits, 1, label_range(y))
+
+
+def check_logits(logits: torch.Tensor, n: int, labels: tuple[int, int]) -> None:
+    """Model output must be (N, classes >= 1) and every label must index a class."""
+    if logits.dim() != 2 or logits.shape[0] != n or logits.shape[1] == 0:
+        raise ValueError(
+            f"the model must return logits of shape (N={n}, classes), got {tuple(logits.shape)}"
+        )
+    check_labels(labels, logits.shape[1])
+
+
+def check_labels(labels: tuple[int, int], classes: int) -> None:
+    """The (min, max) label from check_inputs must index one of ``classes`` outputs."""
+    if labels[0] < 0 or labels[1] >= classes:
+        raise ValueError(
+            f"labels must lie in [0, {classes}) for a model with {classes} outputs, found "
+            f"labels in [{labels[0]}, {labels[1]}]"
+        )
+
+
+def check_eps(eps: PerSample, n: int, name: str = "eps", finite: bool = False) -> PerSample:
+    """A number >= 0 (inf allowed unless ``finite``) or a 1-D tensor of N such values. One sync
+    for tensors."""
+    if isinstance(eps, torch.Tensor):
+        if eps.dim() == 0:
+            eps = float(eps)
+        else:
+            if eps.shape != (n,):
+                raise ValueError(
+                    f"per-sample {name} must have shape ({n},), got {tuple(eps.shape)}"
+                )
+            if bool((eps.isnan() | (eps < 0)).any()):
+                raise ValueError(f"every per-sample {name} must be >= 0")
+            if finite and not bool(eps.isfinite().all()):
+                raise ValueError(f"this attack needs a finite {name}; got inf")
+            return eps
+    eps = float(eps)
+    if math.isnan(eps) or eps < 0:
+        raise ValueError(f"{name} must be >= 0, got {eps}")
+    if finite and math.isinf(eps):
+        raise ValueError(f"this attack needs a finite {name}; got inf")
+    return eps

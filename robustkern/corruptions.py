@@ -33,11 +33,11 @@ import torch.nn.functional as F
 
 from robustkern._io import pyplot, save_figure
 from robustkern._progress import progress_bar
-from robustkern.attacks._common import check_images, check_model_labels
-from robustkern.evaluation import eval_mode, model_device
+from robustkern.checks import check_images, check_model_labels
 from robustkern.fourier import band_filter
+from robustkern.modes import eval_mode, model_device
+from robustkern.types import Bounds
 
-Bounds = tuple[float, float]
 SEVERITIES = (1, 2, 3, 4, 5)
 SMALL_IMAGE_MAX_SIDE = 64
 

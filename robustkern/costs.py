@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustkern.evaluation import eval_mode, model_device
+from robustkern.modes import eval_mode, model_device
 
 MEASURE_BATCH = 64  # examples per timed call: small, but past most per-call overhead
 QUICK_SECONDS = 0.2  # timed calls that add up to less are repeated (up to five)

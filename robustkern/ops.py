@@ -16,11 +16,19 @@ import math
 import torch
 
 from robustkern import _C  # noqa: F401  (registers torch.ops.robustkern)
+from robustkern.types import Bounds, PerSample
 
-Bounds = tuple[float, float]
-PerSample = float | torch.Tensor
-
-__all__ = ["fourier_perturb", "l2_project_", "l2_step_", "linf_project_", "linf_step_"]
+__all__ = [
+    "conv_singular_values",
+    "fourier_perturb",
+    "l2_project_",
+    "l2_step_",
+    "linf_project_",
+    "linf_step_",
+    "project_op",
+    "step_args",
+    "step_op",
+]
 
 
 def split_per_sample(
@@ -52,6 +60,38 @@ def step_args(alpha: PerSample, eps: PerSample, bounds: Bounds) -> tuple:
     a, a_t = split_per_sample(alpha, "alpha", allow_inf=False)
     e, e_t = split_per_sample(eps, "eps", allow_inf=True)
     return (a, e, a_t, e_t, *_bounds(bounds))
+
+
+def step_op(norm: str):
+    """The raw in-place step op of ``norm`` ("linf" or "l2"), for an attack's hot loop: called
+    as ``op(x_adv, x_nat, grad, *step_args(alpha, eps, bounds))`` with the arguments built once
+    (``linf_step_`` / ``l2_step_`` below check and convert them on every call)."""
+    return getattr(torch.ops.robustkern, f"{norm}_step_")
+
+
+def project_op(norm: str):
+    """The raw in-place projection op of ``norm``, called as ``op(x_adv, x_nat, eps, eps_per_
+    sample, lo, hi)`` in a hot loop (``linf_project_`` / ``l2_project_`` check per call)."""
+    return getattr(torch.ops.robustkern, f"{norm}_project_")
+
+
+def conv_singular_values(
+    weight: torch.Tensor,
+    fft_size,
+    stride,
+    dilation,
+    groups: int,
+    method: str,
+    max_iters: int,
+    tol: float,
+    prune: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-frequency largest singular value (B, Mh, Mw // 2 + 1), norm (B,)) of a batch of
+    conv weights (B, C_out, C_in / groups, kh, kw) on the ``fft_size`` torus; the checked,
+    padding-aware face is ``robustkern.spectral.conv_singular_values``."""
+    return torch.ops.robustkern.conv_singular_values(
+        weight, fft_size, stride, dilation, groups, method, max_iters, tol, prune
+    )  # fmt: skip
 
 
 def linf_step_(

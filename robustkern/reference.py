@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-Bounds = tuple[float, float]
+from robustkern.types import Bounds
 
 
 def _acc(x: torch.Tensor) -> torch.dtype:

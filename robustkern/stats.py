@@ -17,6 +17,7 @@ from scipy import stats as _scipy
 
 Z95 = 1.959963984540054  # two-sided 95 %
 ALPHA = 0.05  # the significance level of every paired comparison in robustkern
+GRADES = ("pass", "warn", "inconclusive", "fail")  # a comparison's verdicts, best to worst
 
 
 def interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -308,3 +308,42 @@ def test_a_model_returning_probabilities_is_told_to_pass_logits():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pgd(models.fc(6, 10, hidden=(8,)), x, y, eps=0.1, steps=1)  # logits
+
+
+ALL_ATTACKS = {
+    "pgd": lambda m, x, y, **k: robustkern.attacks.pgd(m, x, y, eps=0.2, steps=3, **k),
+    "pgd-early": lambda m, x, y, **k: robustkern.attacks.pgd(m, x, y, eps=0.2, steps=3,
+                                                              early_stop=True, **k),
+    "apgd": lambda m, x, y, **k: robustkern.attacks.apgd(m, x, y, eps=0.2, steps=3, **k),
+    "adam": lambda m, x, y, **k: robustkern.attacks.adam_pgd(m, x, y, eps=0.2, steps=3, **k),
+    "square": lambda m, x, y, **k: robustkern.attacks.square(m, x, y, eps=0.2, queries=5, **k),
+    "fgsm": lambda m, x, y, **k: fgsm(m, x, y, eps=0.2, **k),
+    "min_norm": lambda m, x, y, **k: robustkern.attacks.min_norm(m, x, y, norm="linf", steps=3,
+                                                                  **k),
+    "lbfgs": lambda m, x, y, **k: robustkern.attacks.lbfgs(m, x, y, search_steps=2, max_iter=3,
+                                                            **k),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ALL_ATTACKS))
+def test_every_attack_returns_its_extras_the_same_way(name, digits_model):
+    """x_adv alone, or (x_adv, success, norms, queries) for the flags set, in that order."""
+    model, x, y = digits_model
+    x, y = x[:12], y[:12]
+    run = ALL_ATTACKS[name]
+    torch.manual_seed(0)
+    alone = run(model, x, y)
+    assert isinstance(alone, torch.Tensor) and alone.shape == x.shape
+    torch.manual_seed(0)
+    x_adv, success, norms, queries = run(model, x, y, return_success=True, return_norms=True,
+                                         return_queries=True)  # fmt: skip
+    torch.manual_seed(0)
+    (only_queries,) = run(model, x, y, return_queries=True)[1:]
+    assert torch.equal(queries, only_queries)
+    with torch.no_grad():
+        assert torch.equal(success, model(x_adv).argmax(1) != y)
+    distance = (x_adv - x).flatten(1).abs().amax(1) if name != "lbfgs" else (
+        (x_adv - x).flatten(1).norm(dim=1))  # fmt: skip
+    assert torch.allclose(norms[success], distance[success], atol=1e-6)
+    assert norms[~success].isinf().all()
+    assert queries.dtype == torch.int64 and (queries >= 0).all() and (queries > 0).any()

@@ -230,3 +230,22 @@ def test_eps_as_a_fraction_threads_and_a_model_for_other_images(capsys, tmp_path
     with pytest.raises(SystemExit):
         cli.main(["attack", "--data", "digits", "--eps", "8/0"])
     assert "invalid real value: '8/0'" in capsys.readouterr().err
+
+
+def test_normalised_data_with_bounds(capsys, tmp_path):
+    """--bounds: float .npz data in other units (normalised), eps in those units."""
+    import numpy as np
+
+    from robustkern import data
+
+    x, y, *_ = data.load("digits")
+    normalised = ((x.numpy() - 0.3) / 0.4).astype(np.float32)
+    np.savez(tmp_path / "norm.npz", x=normalised, y=y.numpy())
+    lo, hi = float(normalised.min()), float(normalised.max())
+    argv = ["attack", "--data", str(tmp_path / "norm.npz"), "--model", "robustkern.models:fc",
+            "--model-kwargs", '{"in_features": 64, "hidden": [16]}', "--eps", "0.25",
+            "--steps", "2", "--limit", "30", "--no-progress"]  # fmt: skip
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "look normalised" in err, err  # without --bounds: named, not silent
+    code, out, _ = run(capsys, *argv, f"--bounds={lo},{hi}")  # "=": lo is negative
+    assert code == 0 and "robust accuracy" in out, out

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from robustkern.attacks import pgd
-from robustkern.attacks._common import GradientUnavailable
+from robustkern.attacks.gradients import GradientUnavailable
 from robustkern.evaluation import indicators
 
 FAST = {"eps": 0.1, "steps": 30, "queries": 300, "samples": 8}

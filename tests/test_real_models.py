@@ -52,3 +52,18 @@ def test_every_check_ends_in_a_verdict_on_real_architectures(
     assert all(c["figures"]["product"] is not None for c in lipschitz)  # finite: no inf layer
     assert report["data"]["classes"] == classes
     suite.validate(json.loads((tmp_path / "report.json").read_text()))
+
+
+def test_the_heat_map_of_a_large_image_runs_on_a_coarser_grid(tmp_path):
+    """224 px: about 25,000 distinct frequencies; the budget picks a stride instead."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 7, 4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 10)).eval()  # fmt: skip
+    x, y = _data(30, 3, 224, 10, 0)
+    report = suite.run_suite({"net": net}, (x, y), checks=["fourier"], budget=8, out=tmp_path,
+                             progress=False)  # fmt: skip
+    (entry,) = report["checks"]
+    assert entry["verdict"] == "info", entry["summary"]
+    assert entry["figures"]["stride"] > 1 and "stride" in entry["summary"]
+    assert entry["figures"]["frequencies"] < 224 * 224 / 2

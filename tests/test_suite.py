@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robustkern import cli, data, models, suite, training
-from robustkern.suite import inspection, report, runner
+from robustkern.suite import generator, inspection, report, runner
 from robustkern.suite.core import Threat, smoothness
 
 
@@ -259,7 +259,7 @@ def test_filter_scores_tell_a_blob_from_random_filters():
 
 def test_likeness_scores_real_images_near_one_and_noise_near_zero(digits):
     x, y, _, _ = digits
-    likeness = inspection._Likeness(x[:600], y[:600])
+    likeness = generator._Likeness(x[:600], y[:600])
     noise = torch.rand(x[600:700].shape, generator=torch.Generator().manual_seed(0))
     real = likeness(x[600:700], y[600:700], noise)
     assert real.median().item() == pytest.approx(1.0, abs=0.15)

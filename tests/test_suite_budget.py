@@ -87,3 +87,22 @@ def test_a_budget_plans_sizes_below_full_and_a_check_runs_what_it_needs(digits_c
         assert "[" in entry["summary"]  # the robust accuracy with its interval
     assert result["checks"][2]["verdict"] == "info"
     assert "McNemar" in result["checks"][2]["summary"]
+
+
+@pytest.mark.parametrize("name", suite.CHECK_NAMES)
+def test_every_check_alone_runs_itself_and_what_it_needs(name, tmp_path):
+    """--checks X for each X: X runs (with the checks it reads, first), never skipped because
+    a check it depends on was not asked for."""
+    torch.manual_seed(0)
+    x, y, xt, yt = data.load("digits")
+    net = lambda: models.small_cnn(1, 10, width=4)  # noqa: E731
+    result = suite.run_suite({"a": net().eval(), "b": net().eval()}, (xt[:30], yt[:30]),
+                             train_data=(x[:100], y[:100]), factory=net, checks=[name],
+                             budget=None, out=tmp_path, progress=False)  # fmt: skip
+    names = [c["name"] for c in result["checks"]]
+    assert name in names
+    assert set(names) == {name, *suite.runner.REGISTRY[name].needs}
+    for entry in result["checks"]:
+        assert entry["error"] is None, entry["summary"]
+        assert entry["verdict"] != "skipped" or "white-box check must have run" not in entry[
+            "summary"]  # fmt: skip

@@ -297,3 +297,39 @@ def test_tradeoff_resumes_cell_by_cell(digits, tmp_path, monkeypatch):
 
 def _no_training(*_):
     raise AssertionError("a finished cell was trained again")
+
+
+# One changed value per field that decides a run's numbers: a checkpoint written with the base
+# settings must refuse each. A new TrainConfig field without an entry here fails the test.
+CHANGED = {
+    "method": "trades", "eps": 0.2, "norm": "l2", "steps": 2, "alpha": 0.05, "beta": 3.0,
+    "eps_warmup": 1, "epochs": 2, "batch_size": 16, "optimizer": "sgd", "lr": 0.01,
+    "momentum": 0.5, "lr_schedule": "cosine", "weight_decay": 0.1, "amp": "bf16",
+    "channels_last": True, "bounds": (-1.0, 1.0), "val_steps": 2, "train_eval": 5,
+    "patience": 2, "restore_best": False, "track": (1,), "track_every": 1, "seed": 1,
+}  # fmt: skip
+
+
+def test_a_checkpoint_refuses_a_run_that_differs_in_any_setting(digits, tmp_path):
+    x, y, xt, yt = digits
+    base = training.TrainConfig(
+        method="pgd",
+        eps=0.1,
+        steps=1,
+        epochs=1,
+        batch_size=10,
+        train_eval=0,
+        progress=False,
+        checkpoint=tmp_path / "ck.pt",
+    )
+    assert set(CHANGED) == set(base.resume_key())  # every field that changes the numbers
+    train, val = (x[:20], y[:20]), (xt[:10], yt[:10])
+    fit(small_model(), train, val, base)
+    for field, value in CHANGED.items():
+        with pytest.raises(ValueError, match=rf"other settings \([^)]*\b{field}\b"):
+            fit(small_model(), train, val, base, **{field: value})
+    with pytest.raises(ValueError, match=r"other settings \(n_train\)"):
+        fit(small_model(), (x[:30], y[:30]), val, base)
+    # run-only settings may change: the same run continues (here: it is finished)
+    again = fit(small_model(), train, val, base, progress=True, num_workers=0, resume=True)
+    assert len(again) == 1

@@ -1,7 +1,11 @@
 """Attacks as plain functions: ``attack(model, x, y, *, eps, ...) -> x_adv``.
 
 They drop into any training loop: input gradients only (``torch.autograd.grad``), the model's
-train/eval mode and its parameters' ``.grad`` untouched, no host sync inside step loops.
+train/eval mode and its parameters' ``.grad`` untouched, no host sync inside step loops. Every
+attack takes ``return_success``, ``return_norms`` and ``return_queries`` and then returns
+``(x_adv, *extras)`` in that order (``robustkern.attacks.results`` says what each holds).
+Building blocks for new attacks: ``losses``, ``gradients`` (the input's gradient) and ``steps``
+(sharded noise, per-sample broadcasting, the best point over restarts).
 """
 
 from robustkern.attacks.adam import adam_pgd

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from robustkern.attacks._common import (
-    LOSSES,
-    Bounds,
-    PerSample,
-    attack_loss,
-    broadcast,
-    check_eps,
-    check_inputs,
-    is_adversarial,
-    keep_best,
-    loss_and_grad,
-)
+from robustkern import ops
+from robustkern.attacks.gradients import loss_and_grad
+from robustkern.attacks.losses import LOSSES, attack_loss, is_adversarial
 from robustkern.attacks.pgd import NORMS
+from robustkern.attacks.results import finish
+from robustkern.attacks.steps import broadcast, keep_best
+from robustkern.checks import check_eps, check_inputs
+from robustkern.types import Bounds, PerSample
 
 
 def adam_pgd(
@@ -37,17 +32,32 @@ def adam_pgd(
     bounds: Bounds = (0.0, 1.0),
     generator: torch.Generator | None = None,
     return_success: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Maximises ``loss`` with Adam inside the ``norm`` ball of radius ``eps``.
+    return_norms: bool = False,
+    return_queries: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Maximises ``loss`` with Adam inside the ``norm`` ball of radius ``eps``; each sample
+    returns its best iterate (adversarial first, then the highest loss), tracked without host
+    syncs.
 
-    ``lr`` is in units of eps (per sample). L-inf: Adam's per-coordinate scaling, so the first
-    updates move each coordinate by about ``lr * eps``. L2: one second moment per sample (the
-    gradient's direction is kept; per-coordinate scaling would turn the step into a sign step,
-    much weaker under an L2 budget), so a step has L2 length of about ``lr * eps``.
-    ``random_start``: the start is uniform noise of ``random_start * eps`` (L-inf) or a random
-    direction of that length (L2). Each sample returns its best point (adversarial
-    first, then highest loss) over all iterates, tracked without host syncs. Targeted: ``y``
-    are the target classes. Input gradients only; model mode and ``.grad`` untouched."""
+    Args:
+        model: a classifier returning logits (N, classes); its train/eval mode and its
+            parameters' ``.grad`` are left as they are (only the input's gradient is taken).
+        x: the images (N, C, H, W), or any (N, ...) batch, within ``bounds``.
+        y: int64 labels (N,); with ``targeted`` the target classes.
+        eps: the radius in the inputs' units, a number or (N,) per-sample radii.
+        norm: "linf" (Adam's per-coordinate scaling: the first updates move each coordinate by
+            about ``lr * eps``) or "l2" (one second moment per sample: the gradient's direction
+            is kept and a step has L2 length of about ``lr * eps``).
+        steps: Adam steps. lr: the step size in units of eps. betas: Adam's moments.
+        random_start: the start's size as a share of eps (uniform noise, or a random
+            direction for L2).
+        targeted, loss ("ce" or "margin"), bounds, generator: as for ``pgd``.
+        return_success, return_norms, return_queries: the extras every attack returns after
+            ``x_adv`` in this order (``robustkern.attacks.results``).
+
+    Returns:
+        x_adv, then the extras asked for.
+    """
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     if norm not in NORMS:
@@ -65,7 +75,7 @@ def adam_pgd(
     x_nat = x.detach()
     eps_t = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(n).clone()
     lo, hi = float(bounds[0]), float(bounds[1])
-    project_op = getattr(torch.ops.robustkern, f"{norm}_project_")
+    project_op = ops.project_op(norm)
 
     x_adv = x_nat + _start(x_nat, eps_t * random_start, norm, generator)
     project_op(x_adv, x_nat, 0.0, eps_t, lo, hi)
@@ -90,7 +100,8 @@ def adam_pgd(
         x_adv = x_adv + size * update
         project_op(x_adv, x_nat, 0.0, eps_t, lo, hi)
     x_best, fooled, _ = best
-    return (x_best, fooled) if return_success else x_best
+    return finish(model, x_nat, x_best, y, (return_success, return_norms, return_queries),
+                  norm=norm, targeted=targeted, success=fooled, queries=steps + 1)  # fmt: skip
 
 
 def _start(x_nat, radius, norm, generator):

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from robustkern.attacks._common import (
-    Bounds,
-    PerSample,
-    broadcast,
-    check_eps,
-    check_inputs,
-    check_logits,
-    dlr,
-    is_adversarial,
-    loss_and_grad,
-)
+from robustkern import ops
+from robustkern.attacks.gradients import loss_and_grad
+from robustkern.attacks.losses import dlr, is_adversarial
 from robustkern.attacks.pgd import NORMS
+from robustkern.attacks.results import finish
+from robustkern.attacks.steps import broadcast
+from robustkern.checks import check_eps, check_inputs, check_logits
+from robustkern.types import Bounds, PerSample
 
 APGD_LOSSES = ("ce", "dlr")
 
@@ -49,18 +45,37 @@ def apgd(
     generator: torch.Generator | None = None,
     early_stop: bool = False,
     return_success: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """APGD against true labels ``y``; returns x_adv (and, with ``return_success``, the bool (N,)
-    "misclassified at x_adv").
+    return_norms: bool = False,
+    return_queries: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Auto-PGD (Croce & Hein 2020): step size halved at checkpoints where progress stalls,
+    momentum, the best point kept; APGD-CE, APGD-DLR and, targeted, APGD-T.
 
-    Only correctly classified samples are attacked; each restart (and, when ``targeted``, each
-    of the ``n_targets`` target classes, the 2nd, 3rd, ... highest clean logits, as in
-    AutoAttack's APGD-T) runs on the samples still classified correctly. A fooled sample returns
-    an adversarial point; the others return their highest-loss point. ``eps``: a number or one
-    value per sample. Input gradients only; ``model.training`` and parameters' ``.grad`` are
-    left untouched. DLR needs at least 3 classes (4 when targeted). ``early_stop`` (evaluation
-    use): a sample leaves the batch once adversarial, which changes no outcome and saves its
-    remaining steps, at one host sync per step; without it the step loop never syncs."""
+    Args:
+        model: a classifier returning logits (N, classes); its train/eval mode and its
+            parameters' ``.grad`` are left as they are (only the input's gradient is taken).
+        x: the images (N, C, H, W), or any (N, ...) batch, within ``bounds``.
+        y: int64 true labels (N,) (also when targeted: the targets are chosen from the logits).
+        eps: the radius in the inputs' units, a number or (N,) per-sample radii.
+        norm: "linf" or "l2".
+        loss: "ce" or "dlr" (Croce & Hein's difference of logits ratio: at least 3 classes,
+            4 when targeted).
+        targeted: run once per target class, the 2nd, 3rd, ... highest clean logits
+            (AutoAttack's APGD-T), each on the samples still classified correctly.
+        steps: iterations per run; restarts: runs per sample (and target).
+        n_targets: target classes when targeted (capped at the classes - 1).
+        rho, momentum: the step-size rule's threshold and the momentum (the paper's 0.75).
+        bounds: (lo, hi) of valid inputs. generator: the random starts' generator.
+        early_stop: a sample leaves the batch once adversarial (evaluation use: the same
+            outcome for less work, one host sync per step); without it the loop never syncs.
+        return_success, return_norms, return_queries: the extras every attack returns after
+            ``x_adv`` in this order (``robustkern.attacks.results``).
+
+    Returns:
+        x_adv: an adversarial point where one was found, else the highest-loss point; only
+        correctly classified samples are attacked (the others are returned as x). Then the
+        extras asked for.
+    """
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     if norm not in NORMS:
@@ -85,6 +100,7 @@ def apgd(
         )
     success = is_adversarial(logits, y, False)
     result = x_nat.clone()
+    queries = torch.zeros(n, dtype=torch.int64, device=x.device)
     targets = [None]
     if targeted:
         order = logits.argsort(dim=1)
@@ -98,10 +114,10 @@ def apgd(
                 model, norm, loss, steps, rho, momentum, bounds, generator, labels, early_stop
             )
             e = eps[idx] if isinstance(eps, torch.Tensor) else eps
-            xa, fooled = run(x_nat[idx], y[idx], None if target is None else target[idx], e)
-            result[idx] = xa
-            success[idx] = fooled
-    return (result, success) if return_success else result
+            xa, fooled, used = run(x_nat[idx], y[idx], None if target is None else target[idx], e)
+            result[idx], success[idx], queries[idx] = xa, fooled, queries[idx] + used
+    return finish(model, x_nat, result, y, (return_success, return_norms, return_queries),
+                  norm=norm, success=success, queries=queries)  # fmt: skip
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -117,7 +133,8 @@ def checkpoints(steps: int) -> list[int]:
 
 
 class _Run:
-    """One APGD run on a batch: ``__call__(x_nat, y, target, eps) -> (x_adv, fooled)``.
+    """One APGD run on a batch: ``__call__(x_nat, y, target, eps) -> (x_adv, fooled, passes)``,
+    passes: int64 (N,) gradient passes each sample went through.
 
     The per-sample state lives in one dict so that, with ``early_stop``, samples that became
     adversarial leave every tensor at once (one host sync per step to learn which)."""
@@ -128,8 +145,8 @@ class _Run:
         self.rho, self.momentum, self.generator = rho, momentum, generator
         self.bounds = (float(bounds[0]), float(bounds[1]))
         self.labels, self.early_stop = labels, early_stop
-        self.step_op = getattr(torch.ops.robustkern, f"{norm}_step_")
-        self.project_op = getattr(torch.ops.robustkern, f"{norm}_project_")
+        self.step_op = ops.step_op(norm)
+        self.project_op = ops.project_op(norm)
 
     def _loss(self, logits, y, target):
         if self.loss == "dlr":
@@ -140,7 +157,8 @@ class _Run:
         return ce if target is None else -ce
 
     def _evaluate(self, s):
-        """Gradient, loss and "fooled" at s["x"]."""
+        """Gradient, loss and "fooled" at s["x"] (one more pass for each row still here)."""
+        self.passes[s["row"]] += 1
         grad, logits, value = loss_and_grad(
             self.model, s["x"], lambda z: self._loss(z, s["y"], s.get("target")), self.labels
         )
@@ -153,6 +171,7 @@ class _Run:
         n, device = x_nat.shape[0], x_nat.device
         eps_t = torch.as_tensor(eps, dtype=torch.float32, device=device).expand(n).clone()
         out, found = x_nat.clone(), torch.zeros(n, dtype=torch.bool, device=device)
+        self.passes = torch.zeros(n, dtype=torch.int64, device=device)
         s = {"row": torch.arange(n, device=device), "x_nat": x_nat, "y": y, "eps": eps_t}
         if target is not None:
             s["target"] = target
@@ -179,7 +198,7 @@ class _Run:
         rows, keep = s["row"], broadcast(s["found"], s["x"])
         out[rows] = torch.where(keep, s["adv"], s["x_best"])
         found[rows] = s["found"]
-        return out, found
+        return out, found, self.passes
 
     def _iterate(self, s, a):
         """One momentum step, then the gradient and the best-point bookkeeping at the new x."""

@@ -18,15 +18,14 @@ import math
 
 import torch
 
-from robustkern.attacks._common import (
-    Bounds,
-    broadcast,
-    check_inputs,
-    is_adversarial,
-    loss_and_grad,
-    margin,
-)
+from robustkern import ops
+from robustkern.attacks.gradients import loss_and_grad
+from robustkern.attacks.losses import is_adversarial, margin
 from robustkern.attacks.pgd import NORMS
+from robustkern.attacks.results import finish
+from robustkern.attacks.steps import broadcast
+from robustkern.checks import check_inputs
+from robustkern.types import Bounds
 
 
 def min_norm(
@@ -40,15 +39,33 @@ def min_norm(
     alpha: tuple[float, float] | None = None,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
+    return_success: bool = False,
     return_norms: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The smallest adversarial perturbation FMN finds per sample; returns x_adv (and, with
-    ``return_norms``, its ``norm`` distance to x per sample: 0 for samples already
-    misclassified, inf where nothing was found, in which case x_adv is x).
+    return_queries: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The fast minimum-norm attack (FMN, Pintor et al. 2021): the smallest adversarial
+    perturbation it finds per sample, by steps towards the decision boundary inside a radius
+    that shrinks once adversarial and grows while not.
 
-    gamma, alpha: (initial, final) radius-change factor and step size (along the unit-L2
-    gradient) on the cosine schedule; alpha defaults to the paper's (1.0, 0.01), in units of the
-    bounds' width. Targeted: ``y`` are the target classes. Input gradients only."""
+    Args:
+        model: a classifier returning logits (N, classes); its train/eval mode and its
+            parameters' ``.grad`` are left as they are (only the input's gradient is taken).
+        x: the images (N, C, H, W), or any (N, ...) batch, within ``bounds``.
+        y: int64 labels (N,); with ``targeted`` the target classes.
+        norm: "linf" or "l2": the norm minimised.
+        steps: iterations (all run on every sample).
+        gamma, alpha: (initial, final) radius-change factor and step size (along the unit-L2
+            gradient) on the cosine schedule; alpha defaults to the paper's (1.0, 0.01), in
+            units of the bounds' width.
+        targeted: reach the classes in ``y``. bounds: (lo, hi) of valid inputs.
+        return_success, return_norms, return_queries: the extras every attack returns after
+            ``x_adv`` in this order (``robustkern.attacks.results``): norms are the distances
+            found (0 for a sample already misclassified, inf where none, and x_adv is x there),
+            what ``robust_accuracy_curve`` reads; queries are steps + 1.
+
+    Returns:
+        x_adv, then the extras asked for.
+    """
     labels = check_inputs(x, y, bounds, model=model)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -59,7 +76,7 @@ def min_norm(
         alpha = (hi - lo, (hi - lo) / 100)
     x_nat = x.detach()
     n = x.shape[0]
-    project = getattr(torch.ops.robustkern, f"{norm}_project_")
+    project = ops.project_op(norm)
     dual = 1 if norm == "linf" else 2
     largest = _largest_distance(x_nat, norm, lo, hi)
     radius = torch.full((n,), math.inf, device=x.device)
@@ -101,7 +118,9 @@ def min_norm(
     smaller = adv & (dist < best_norm)
     best_norm = torch.where(smaller, dist, best_norm)
     best = torch.where(broadcast(smaller, best), x_adv, best)
-    return (best, best_norm) if return_norms else best
+    return finish(model, x_nat, best, y, (return_success, return_norms, return_queries),
+                  norm=norm, targeted=targeted, success=best_norm.isfinite(), norms=best_norm,
+                  queries=steps + 1)  # fmt: skip
 
 
 def _feasible(grad: torch.Tensor, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:

@@ -5,22 +5,12 @@ from __future__ import annotations
 import torch
 
 from robustkern import ops
-from robustkern.attacks._common import (
-    LOSSES,
-    Bounds,
-    PerSample,
-    Shard,
-    attack_loss,
-    broadcast,
-    check_eps,
-    check_inputs,
-    check_labels,
-    check_logits,
-    input_grad,
-    is_adversarial,
-    keep_best,
-    noise_like,
-)
+from robustkern.attacks.gradients import input_grad
+from robustkern.attacks.losses import LOSSES, attack_loss, is_adversarial
+from robustkern.attacks.results import finish
+from robustkern.attacks.steps import broadcast, keep_best, noise_like
+from robustkern.checks import check_eps, check_inputs, check_labels, check_logits
+from robustkern.types import Bounds, PerSample, Shard
 
 NORMS = ("linf", "l2")
 
@@ -42,36 +32,58 @@ def pgd(
     generator: torch.Generator | None = None,
     early_stop: bool = False,
     return_success: bool = False,
+    return_norms: bool = False,
+    return_queries: bool = False,
     shard: Shard | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps``.
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps``
+    (Madry et al.), on the fused step ops; works under ``torch.autocast`` and channels_last.
 
-    eps, alpha: a number or a 1-D tensor with one value per sample; alpha defaults to
-    2.5 * eps / steps. Targeted: ``y`` are the target classes. With ``restarts > 1`` each
-    sample keeps its most successful point (adversarial first, then highest loss).
-    ``early_stop``: a sample leaves the batch as soon as it is adversarial and keeps that point
-    (evaluation use; it syncs with the host once per step to shrink the batch). Without it the
-    step loop never syncs with the host (training use, CUDA-graph friendly).
-    ``return_success``: also return the bool (N,) "the model is fooled at the returned point",
-    which the attack has already computed with early stopping or restarts (saves a forward).
-    ``shard=(offset, total)``: x is rows offset.. of a batch of ``total`` split over
-    data-parallel ranks; random starts are drawn as for the whole batch (see ``noise_like``).
+    Args:
+        model: a classifier returning logits (N, classes); its train/eval mode and its
+            parameters' ``.grad`` are left as they are (only the input's gradient is taken).
+        x: the images (N, C, H, W), or any (N, ...) batch, within ``bounds``.
+        y: int64 labels (N,); with ``targeted`` the target classes.
+        eps: the radius in the inputs' units, a number or a 1-D tensor (N,) of per-sample radii.
+        norm: "linf" or "l2".
+        steps: gradient steps per restart.
+        alpha: the step size (input units; number or (N,)); default 2.5 * eps / steps.
+        random_start: start from a uniform point of the ball (else from x).
+        restarts: runs per sample; each keeps its best point (adversarial first, then the
+            highest loss).
+        targeted: move towards the classes in ``y`` instead of away from them.
+        loss: "ce" (cross-entropy) or "margin" (the logit margin).
+        bounds: (lo, hi) of valid inputs; every step is clipped to them.
+        generator: the random starts' generator.
+        early_stop: a sample leaves the batch once adversarial and keeps that point
+            (evaluation use: one host sync per step); without it the loop never syncs
+            (training use, CUDA-graph friendly).
+        return_success, return_norms, return_queries: the extras every attack returns after
+            ``x_adv`` in this order (``robustkern.attacks.results``); success is already known
+            with early stopping or restarts.
+        shard: (offset, total): x is rows offset.. of a batch of ``total`` split over
+            data-parallel ranks; random starts are drawn as for the whole batch.
 
-    Only the input's gradient is taken: parameters' ``.grad`` and ``model.training`` are left
-    exactly as the caller set them. Works under ``torch.autocast`` and with channels_last.
+    Returns:
+        x_adv (N, ...) in x's dtype and layout, then the extras asked for.
     """
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     eps, alpha = _checked_settings(norm, loss, steps, restarts, eps, alpha, n)
     x_nat = x.detach()
     run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels, shard)
+    queries = torch.zeros(n, dtype=torch.int64, device=x.device)
     if n == 0:
         x_adv, success = x_nat.clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
     elif early_stop:
-        x_adv, success = run.early_stop(x_nat, y, eps, alpha, restarts)
+        x_adv, success = run.early_stop(x_nat, y, eps, alpha, restarts, queries)
     else:
-        x_adv, success = run.fixed(x_nat, y, eps, alpha, restarts, return_success)
-    return (x_adv, success) if return_success else x_adv
+        x_adv, success = run.fixed(x_nat, y, eps, alpha, restarts, return_success or return_norms)
+        # the forward that keeps each restart's best point is part of the attack; the one that
+        # only reports success (one restart) is not
+        queries += steps * restarts + (restarts if restarts > 1 else 0)
+    return finish(model, x_nat, x_adv, y, (return_success, return_norms, return_queries),
+                  norm=norm, targeted=targeted, success=success, queries=queries)  # fmt: skip
 
 
 class _Run:
@@ -97,7 +109,9 @@ class _Run:
                 best = self._keep_best(best, x_adv, y)
         return (best[0], best[1]) if best is not None else (x_adv, None)
 
-    def early_stop(self, x_nat, y, eps, alpha, restarts):
+    def early_stop(self, x_nat, y, eps, alpha, restarts, queries):
+        """(x_adv, fooled): each sample leaves once adversarial; ``queries`` counts each
+        sample's passes (no host sync for it)."""
         result, done = (
             x_nat.clone(),
             torch.zeros(x_nat.shape[0], dtype=torch.bool, device=x_nat.device),
@@ -118,6 +132,7 @@ class _Run:
                 else:
                     with torch.no_grad():
                         logits = self.model(xa)
+                queries[idx] += 1
                 fooled = is_adversarial(logits, yy, self.targeted)
                 hit, keep = fooled.nonzero().squeeze(1), (~fooled).nonzero().squeeze(1)
                 result[idx[hit]] = xa[hit]  # the first adversarial point of each sample
@@ -135,7 +150,7 @@ class _Run:
 
     def _step_fn(self, alpha, eps):
         """The fused step with its scalars split once (and CUDA values checked once)."""
-        op = getattr(torch.ops.robustkern, f"{self.norm}_step_")
+        op = ops.step_op(self.norm)
         args = ops.step_args(alpha, eps, self.bounds)
         return lambda x_adv, x_nat, grad: op(x_adv, x_nat, grad, *args)
 

@@ -20,16 +20,11 @@ import math
 
 import torch
 
-from robustkern.attacks._common import (
-    Bounds,
-    PerSample,
-    check_eps,
-    check_inputs,
-    check_logits,
-    is_adversarial,
-    margin,
-)
+from robustkern.attacks.losses import is_adversarial, margin
 from robustkern.attacks.pgd import NORMS
+from robustkern.attacks.results import finish
+from robustkern.checks import check_eps, check_inputs, check_logits
+from robustkern.types import Bounds, PerSample
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of a 10,000-query budget
 
@@ -48,16 +43,33 @@ def square(
     bounds: Bounds = (0.0, 1.0),
     generator: torch.Generator | None = None,
     return_success: bool = False,
+    return_norms: bool = False,
     return_queries: bool = False,
-):
-    """Square attack on images ``x`` (N, C, H, W); returns x_adv, then (when asked) the bool
-    (N,) "fooled at x_adv" and the int64 (N,) number of model queries each sample used.
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The Square attack (Andriushchenko et al. 2020): a black-box random search over square
+    windows; the model only runs forward, under ``torch.no_grad``, its mode untouched.
 
-    At most ``queries`` forward passes per sample and restart (the first scores the start
-    point). Samples the model already gets wrong (targeted: already predicted as the target
-    ``y``) are returned unchanged, with 0 queries. A fooled sample returns its first adversarial
-    point; the others their lowest-margin point. ``eps``: a number or one value per sample.
-    The model only runs forward, under ``torch.no_grad``; its mode is left untouched."""
+    Args:
+        model: a classifier returning logits (N, classes) (read through its outputs only).
+        x: the images (N, C, H, W) within ``bounds``.
+        y: int64 labels (N,); with ``targeted`` the target classes.
+        eps: the radius in the inputs' units, a number or (N,) per-sample radii.
+        norm: "linf" or "l2".
+        queries: forward passes per sample and restart (the first scores the start point).
+        p_init: the share of the image the first window covers (halved on the paper's
+            schedule).
+        restarts: runs for the samples not yet fooled.
+        targeted: move towards the classes in ``y``.
+        bounds: (lo, hi) of valid inputs. generator: the windows' and signs' generator.
+        return_success, return_norms, return_queries: the extras every attack returns after
+            ``x_adv`` in this order (``robustkern.attacks.results``); queries are the forward
+            passes each sample used (0 for a sample the model already gets wrong).
+
+    Returns:
+        x_adv: a fooled sample's first adversarial point, the others' lowest-margin point;
+        samples already misclassified (targeted: already the target) unchanged. Then the
+        extras asked for.
+    """
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     if x.dim() != 4:
@@ -84,12 +96,8 @@ def square(
         e = eps[idx] if isinstance(eps, torch.Tensor) else eps
         xa, fooled, q = search(x_nat[idx], y[idx], e)
         result[idx], success[idx], used[idx] = xa, fooled, used[idx] + q
-    out = (result,)
-    if return_success:
-        out += (success,)
-    if return_queries:
-        out += (used,)
-    return out if len(out) > 1 else result
+    return finish(model, x_nat, result, y, (return_success, return_norms, return_queries),
+                  norm=norm, targeted=targeted, success=success, queries=used)  # fmt: skip
 
 
 def p_schedule(i: int, queries: int, p_init: float) -> float:

@@ -7,9 +7,7 @@ from robustkern.evaluation.core import (
     PRESETS,
     Cascade,
     Evaluation,
-    eval_mode,
     evaluate,
-    model_device,
     outcome_fn,
 )
 from robustkern.evaluation.masking import Indicator, indicators
@@ -23,10 +21,8 @@ __all__ = [
     "Evaluation",
     "Indicator",
     "TransferTable",
-    "eval_mode",
     "evaluate",
     "indicators",
-    "model_device",
     "outcome_fn",
     "transfer_matrix",
 ]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -11,8 +10,15 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from robustkern import attacks
 from robustkern._progress import progress_bar
-from robustkern.attacks._common import check_label_tensor, check_logits, label_range, model_device
-from robustkern.checks import check_finite, warn_if_probabilities, warn_unusual_eps
+from robustkern.checks import (
+    check_finite,
+    check_label_tensor,
+    check_logits,
+    label_range,
+    warn_if_probabilities,
+    warn_unusual_eps,
+)
+from robustkern.modes import eval_mode, model_device
 from robustkern.stats import interval, percent_with_interval
 from robustkern.timebudget import Deadline, parse_budget
 
@@ -23,15 +29,16 @@ _Outcome = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 ]
 ATTACKS = ("pgd", "apgd", "adam", "square", "fgsm", "none", "standard", "fast")
-# Attacks that report which samples they fooled, and whether they take early_stop.
-_REPORTING = {
+# The single attacks by name, and whether they take early_stop (all report their success).
+_SINGLE = {
     "pgd": (attacks.pgd, True),
     "apgd": (attacks.apgd, True),
     "adam": (attacks.adam_pgd, False),
     "square": (attacks.square, False),
+    "fgsm": (attacks.fgsm, False),
 }
 # Every single attack by name, for callers that pass it options (the command line).
-FUNCTIONS = {name: fn for name, (fn, _) in _REPORTING.items()} | {"fgsm": attacks.fgsm}
+FUNCTIONS = {name: fn for name, (fn, _) in _SINGLE.items()}
 # Cascades: each attack runs only on the points every earlier one left robust (per-sample worst
 # case). "standard" is our counterpart of AutoAttack's standard version (APGD-CE, APGD-T on the
 # DLR loss over 9 target classes, Square with 5,000 queries); "fast" keeps the two white-box
@@ -230,12 +237,10 @@ def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, s
         return _with_success(attack, kwargs), getattr(attack, "__name__", "custom")
     if attack == "none" or _zero_radius(kwargs.get("eps")):
         return None, attack  # eps 0: the clean outcome is the robust one, nothing to attack
-    if attack in _REPORTING:
-        fn, stops = _REPORTING[attack]
+    if attack in _SINGLE:
+        fn, stops = _SINGLE[attack]
         kwargs = {**({"early_stop": True} if stops else {}), **kwargs, "return_success": True}
         return (lambda m, x, y, **own: fn(m, x, y, **(kwargs | own))), attack
-    if attack == "fgsm":
-        return _with_success(attacks.fgsm, kwargs), "fgsm"
     if attack in PRESETS:
         return Cascade(attack, **kwargs), attack
     raise ValueError(f"attack must be one of {ATTACKS} or a callable, got {attack!r}")
@@ -313,17 +318,6 @@ def _with_success(attack_fn: AttackFn, kwargs: dict) -> _Outcome:
             return x_adv, model(x_adv).argmax(dim=1) != y
 
     return run
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The model in eval mode for the block; its previous mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _per_example_options(options: dict, data: Data) -> dict[str, torch.Tensor]:

@@ -21,23 +21,29 @@ import torch
 import torch.nn.functional as F
 
 from robustkern import attacks
-from robustkern.attacks._common import GradientUnavailable, check_inputs, loss_and_grad
-from robustkern.evaluation.core import Cascade, eval_mode, model_device
+from robustkern.attacks.gradients import GradientUnavailable, loss_and_grad
+from robustkern.attacks.steps import box_diameter, random_in_ball
+from robustkern.checks import check_inputs
+from robustkern.evaluation.core import Cascade
+from robustkern.modes import eval_mode, model_device
 from robustkern.stats import ALPHA, exceeds, mcnemar, paired_verdict
 
-VERDICTS = ("pass", "warn", "inconclusive", "fail")  # from best to worst
 WARN_FRACTION = 0.01  # comparative checks: up to this fraction of points is a warning
 
 
 @dataclass
 class Indicator:
     name: str
-    verdict: str  # one of VERDICTS
+    verdict: str  # one of GRADES
     value: float  # the figure behind the verdict (see detail)
     detail: str  # one line: what was measured and what it means
 
     def __str__(self) -> str:
         return f"[{self.verdict.upper():4}] {self.name}: {self.detail}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "verdict": self.verdict, "value": self.value,
+                "detail": self.detail}  # fmt: skip
 
 
 def indicators(
@@ -298,7 +304,10 @@ class _Checks:
             fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
             for _ in range(self.samples):
                 with torch.no_grad():
-                    fooled |= self.model(self._random_point(x, g)).argmax(1) != y
+                    fooled |= (
+                        self.model(random_in_ball(x, self.eps, self.norm, self.bounds, g)).argmax(1)
+                        != y
+                    )
             return fooled
 
         fooled = self._on_correct(sample)
@@ -362,16 +371,7 @@ class _Checks:
         return Indicator(name, "pass", left / n, f"falls with eps and reaches chance ({curve})")
 
     def _diameter(self) -> float:
-        width = float(self.bounds[1]) - float(self.bounds[0])
-        return width if self.norm == "linf" else width * math.sqrt(self.x[0].numel())
-
-    def _random_point(self, x, g):
-        noise = torch.empty_like(x)
-        if self.norm == "linf":
-            return (x + noise.uniform_(-self.eps, self.eps, generator=g)).clamp(*self.bounds)
-        noise.normal_(generator=g)
-        norms = noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-        return (x + noise * self.eps / norms).clamp(*self.bounds)
+        return box_diameter(self.x, self.norm, self.bounds)
 
     def _on_correct(self, attack) -> torch.Tensor:
         """bool (N,): attack(x, y) -> fooled, run on the correctly classified points only."""

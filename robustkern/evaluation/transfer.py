@@ -12,7 +12,7 @@ import torch
 
 from robustkern import attacks
 from robustkern.attacks.min_norm import average_distortion
-from robustkern.evaluation.core import eval_mode, model_device
+from robustkern.modes import eval_mode, model_device
 
 TRANSFER_ATTACKS = ("apgd", "pgd", "fgsm", "min_norm", "lbfgs")
 

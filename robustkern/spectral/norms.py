@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustkern import _C  # noqa: F401  (registers torch.ops.robustkern)
+from robustkern import ops
 
 Pair = int | tuple[int, int]
 Padding = str | int | tuple[int, int]
-METHODS = ("gram", "exact")
+BOUND_METHODS = ("gram", "exact")
 
 
 def _pair(v: Pair, name: str) -> tuple[int, int]:
@@ -114,12 +114,12 @@ def conv_operator_norm(
 
 def _run_op(weight, input_size, stride, padding, dilation, groups, method, max_iters, tol, prune):
     """(per-frequency sigma, norm) from the op, for one layer (4-D weight) or a batch (5-D)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in BOUND_METHODS:
+        raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
     w = _as_batch(weight)
     s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
     n = fft_size(input_size, w.shape[-2:], s, padding, d)
-    sigma, norm = torch.ops.robustkern.conv_singular_values(
+    sigma, norm = ops.conv_singular_values(
         w.detach(), n, s, d, groups, method, max_iters, tol, prune
     )
     return (sigma, norm) if weight.dim() == 5 else (sigma[0], norm[0])

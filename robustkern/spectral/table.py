@@ -11,7 +11,7 @@ import torch
 from torch import fx, nn
 
 from robustkern.spectral.nodes import _arg, _is_shape_query, _op_name, _row_name, _Unbounded
-from robustkern.spectral.norms import METHODS
+from robustkern.spectral.norms import BOUND_METHODS
 from robustkern.spectral.rows import LayerBound, LipschitzTable
 from robustkern.spectral.rules import _LayerRules
 from robustkern.spectral.tracing import (
@@ -66,8 +66,8 @@ def lipschitz_table(
     operation without a rule. A forward torch.fx cannot trace (data-dependent control flow,
     TorchScript) gives one such row for the model. An ``input_shape`` the model cannot take is a
     ValueError."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in BOUND_METHODS:
+        raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
     shape = tuple(input_shape)
     table = LipschitzTable(input_shape=shape)
     with _eval_mode(model):

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from robustkern._io import pyplot, save_figure
+from robustkern.stats import GRADES
 
-VERDICTS = ("pass", "warn", "inconclusive", "fail", "info", "skipped", "error")
+VERDICTS = (*GRADES, "info", "skipped", "error")  # a report entry's verdicts
 Sizes = dict[str, int]  # a check's planned sizes by knob name ("images", "steps", ...)
 OVERHEAD = 0.4  # seconds a check spends besides the model (figures, tables), for the planner
 
@@ -108,7 +109,8 @@ class Suite:
     y_train`` and ``factory`` (a fresh, untrained model) are optional; ``threat`` is the main
     norm and eps, ``threats`` every (norm, eps) the white-box check runs; ``classes``: the
     models' output width; ``costs``: each model's measured seconds per image (``budget.Costs``)
-    for the planner; ``results`` holds the report entries finished so far."""
+    for the planner; ``results`` holds the report entries finished so far (typed access:
+    ``result``)."""
 
     models: dict[str, torch.nn.Module]
     x: torch.Tensor
@@ -119,7 +121,7 @@ class Suite:
     x_train: torch.Tensor | None = None
     y_train: torch.Tensor | None = None
     factory: Callable[[], torch.nn.Module] | None = None
-    tradeoff: dict | None = None
+    tradeoff: object | None = None  # training.Tradeoff: a trade-off sweep's results
     layer: str | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
@@ -145,11 +147,15 @@ class Suite:
         n = self.images(sizes)
         return self.x[:n], self.y[:n]
 
-    def figures_of(self, check: str, model: str | None) -> dict | None:
-        """The figures of a finished check (None if it did not run or did not succeed)."""
+    def result(self, check: str, model: str | None):
+        """The typed result of a finished check (``suite.results.RESULTS``), None if it did not
+        run or did not succeed."""
+        from robustkern.suite.results import RESULTS
+
         for entry in self.results:
             if (entry["name"], entry["model"]) == (check, model) and entry["error"] is None:
-                return entry["figures"] if entry["verdict"] != "skipped" else None
+                return None if entry["verdict"] == "skipped" else RESULTS[check].from_figures(
+                    entry["figures"])  # fmt: skip
         return None
 
     def generator(self) -> torch.Generator:

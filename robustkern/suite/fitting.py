@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from robustkern._io import pyplot
-from robustkern.evaluation import eval_mode
+from robustkern.modes import eval_mode
 from robustkern.suite.budget import Knob
 from robustkern.suite.core import OVERHEAD, Outcome, Skip, Suite, check, percent
 

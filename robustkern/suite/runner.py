@@ -4,7 +4,6 @@ and a rerun with the same models, data and settings picks up where it stopped.""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import traceback
@@ -16,12 +15,23 @@ from pathlib import Path
 import torch
 
 import robustkern
+from robustkern import resume
 from robustkern._io import atomic_write_text
 from robustkern._progress import progress_bar
 from robustkern.checks import check_finite, warn_unusual_eps
 from robustkern.data import eps_text
-from robustkern.evaluation import eval_mode, model_device
-from robustkern.suite import attacking, fitting, inspection, shifts  # noqa: F401  (declare checks)
+from robustkern.modes import eval_mode, model_device
+from robustkern.suite import (  # noqa: F401  (each module declares its checks)
+    fitting,
+    generator,
+    indicators,
+    inspection,
+    minimum_norm,
+    shifts,
+    trajectory,
+    transfer,
+    white_box,
+)
 from robustkern.suite.budget import (
     QUICK_SECONDS,
     SAFETY,
@@ -34,6 +44,7 @@ from robustkern.suite.budget import (
 from robustkern.suite.core import REGISTRY, Skip, Suite, Threat, literature_threats
 from robustkern.suite.report import SCHEMA, json_safe, terminal_table, validate, write_html
 from robustkern.timebudget import Deadline, parse_budget
+from robustkern.training.tradeoff import Tradeoff
 
 # The report's order; each check is declared beside its function (``core.check``).
 ORDER = (
@@ -123,8 +134,8 @@ def _run_tasks(suite: Suite, tasks: list, finished: dict, report: dict, deadline
             rest = [t for t in tasks[i:] if (t.check.name, t.model) not in finished]
             left = None if deadline.seconds is None else max(0.0, deadline.left) * SAFETY
             entry = _run(task, suite, allocate(rest, left)[0])
-            _learn(suite, task, entry)
         suite.results.append(entry)
+        _learn(suite, task)
         report["seconds"] = deadline.elapsed
         atomic_write_text(suite.out / "report.json", json.dumps(report, indent=1, allow_nan=False))
         write_html(report, suite.out)  # a killed run leaves a readable page of what finished
@@ -198,11 +209,11 @@ def _tasks(chosen: Sequence[str], suite: Suite) -> list[Task]:
             for name in (suite.models if c.per_model else [None])]  # fmt: skip
 
 
-def _learn(suite: Suite, task: Task, entry: dict) -> None:
+def _learn(suite: Suite, task: Task) -> None:
     """What a finished check teaches the planner: the white-box check's robust share."""
-    if task.check.name == "white_box" and entry["verdict"] not in ("error", "skipped"):
-        main = entry["figures"]["main"]
-        suite.costs[task.model].robust = main["robust"] / max(main["clean"], 1e-12)
+    result = suite.result("white_box", task.model) if task.check.name == "white_box" else None
+    if result is not None:
+        suite.costs[task.model].robust = result.robust_share
 
 
 def _threats(shape, norm: str, eps: float | None, bounds) -> list[Threat]:
@@ -246,11 +257,11 @@ def _run(task: Task, suite: Suite, plan: Plan) -> dict:
 
 
 def _finished(out: Path, fingerprint: str) -> dict:
-    """Entries of a previous run into ``out`` with the same fingerprint, except failures."""
-    path = out / "report.json"
+    """Entries of a previous run into ``out`` with the same fingerprint, except failures (a
+    report of other models, data or settings is started afresh: the JSON is rewritten)."""
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+        old = resume.read_json(out / "report.json", "suite report") or {}
+    except ValueError:  # a damaged report: nothing to reuse, it is rewritten
         return {}
     if old.get("fingerprint") != fingerprint:
         return {}
@@ -258,36 +269,37 @@ def _finished(out: Path, fingerprint: str) -> dict:
 
 
 def _fingerprint(suite: Suite, budget: float | None) -> str:
-    """Hash of the models' names and weights, the data and every setting that changes a result."""
-    h = hashlib.sha256()
-    for name, model in suite.models.items():
-        h.update(name.encode())
-        for key, tensor in model.state_dict().items():
-            h.update(key.encode())
-            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    for t in (suite.x, suite.y, suite.x_train, suite.y_train):
-        if t is not None:
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    settings = [suite.threats, suite.bounds, budget, suite.seed, suite.layer,
-                suite.tradeoff, suite.factory is not None, robustkern.__version__]  # fmt: skip
-    h.update(json.dumps(json_safe(settings), sort_keys=True, default=str).encode())
-    return h.hexdigest()[:24]
+    """The models' names and weights, the data and every setting that changes a result."""
+    settings = json_safe(
+        [
+            suite.threats,
+            suite.bounds,
+            budget,
+            suite.seed,
+            suite.layer,
+            suite.factory is not None,
+            robustkern.__version__,
+        ]
+    )
+    data = [t for t in (suite.x, suite.y, suite.x_train, suite.y_train) if t is not None]
+    return resume.digest(suite.models, data, settings, suite.tradeoff)[:24]
 
 
-def _load_tradeoff(tradeoff) -> dict | None:
-    if tradeoff is None or isinstance(tradeoff, dict):
+def _load_tradeoff(tradeoff) -> Tradeoff | None:
+    """A trade-off sweep's results: a ``Tradeoff``, its loaded JSON, a tradeoff.json or the
+    directory that holds one."""
+    if tradeoff is None or isinstance(tradeoff, Tradeoff):
         return tradeoff
+    if isinstance(tradeoff, dict):
+        return Tradeoff.from_dict(tradeoff)
     path = Path(tradeoff)
     path = path / "tradeoff.json" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"trade-off results {path} do not exist (run robustkern tradeoff)")
     try:
-        loaded = json.loads(path.read_text())
-        if not (loaded["config"]["eval_eps"] and isinstance(loaded["cells"], dict)):
-            raise ValueError("no evaluation eps or cells")
+        return Tradeoff.from_dict(resume.read_json(path, "trade-off results"))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a robustkern tradeoff.json: {e}") from None
-    return loaded
 
 
 def print_summary(report: dict, out: str | Path) -> None:

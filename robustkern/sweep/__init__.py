@@ -36,9 +36,18 @@ Sweep file::
     budget = "30m"             # optional: as many examples (the first n) as fit, see budget
 """
 
-from robustkern.sweep.config import ATTACKS, Sweep, SweepError, load
+from robustkern.sweep.config import SWEEP_ATTACKS, Sweep, SweepError, load
 from robustkern.sweep.engine import Summary, run
 from robustkern.sweep.report import write as write_report
 from robustkern.sweep.store import Store
 
-__all__ = ["ATTACKS", "Store", "Summary", "Sweep", "SweepError", "load", "run", "write_report"]
+__all__ = [
+    "SWEEP_ATTACKS",
+    "Store",
+    "Summary",
+    "Sweep",
+    "SweepError",
+    "load",
+    "run",
+    "write_report",
+]

@@ -4,8 +4,6 @@ configuration hash that identifies a cell in the store."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
@@ -20,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from robustkern import data as datasets
+from robustkern import resume
 from robustkern.attacks import NORMS
 from robustkern.timebudget import parse_budget
 
@@ -59,7 +58,7 @@ ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     "fast": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT},
     "min-norm": {"steps": _POSITIVE_INT, "verify_steps": ("int", 0)},
 }
-ATTACKS = tuple(ATTACK_OPTIONS)
+SWEEP_ATTACKS = tuple(ATTACK_OPTIONS)
 
 
 class SweepError(ValueError):
@@ -114,7 +113,9 @@ class Sweep:
 
 
 def load(path: str | Path) -> Sweep:
-    """Reads and checks a sweep file; every problem is a SweepError naming where it is."""
+    """Reads and checks the sweep file at ``path`` (TOML: ``[data]``, ``[[models]]``,
+    ``[[attacks]]``, ``[store]``, ``[run]``; relative paths are relative to the file) and
+    returns the ``Sweep``; every problem is a SweepError naming the file and the entry."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {path} does not exist")
@@ -195,7 +196,8 @@ def budget_seconds(value, what: str, where: _Where | None = None) -> float | Non
 
 
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    """A cell's identity: the digest of its configuration (``resume.digest``)."""
+    return resume.digest(config)
 
 
 class _Where:
@@ -327,7 +329,7 @@ def _attack(table: dict, i: int, where: _Where) -> AttackSpec:
     name = table.get("name")
     what = f"[[attacks]] entry {i + 1}"
     if name not in ATTACK_OPTIONS:
-        raise where.fail(f"{what}: unknown attack {name!r}; known: {list(ATTACKS)}")
+        raise where.fail(f"{what}: unknown attack {name!r}; known: {list(SWEEP_ATTACKS)}")
     options = ATTACK_OPTIONS[name]
     what = f"[[attacks]] {table.get('label', name)!r}"
     where.keys(table, what, {"name", "label", "norm", "eps", *options})

@@ -39,10 +39,11 @@ import torch
 import torch.distributed as dist
 
 from robustkern import attacks, data, models
-from robustkern._env import code_version, derived_seed, device_name, world
+from robustkern._env import code_version, derived_seed, device_name, init_distributed, world
 from robustkern._progress import progress_bar
 from robustkern.checks import check_finite, check_model_fits, warn_unusual_eps
-from robustkern.evaluation import eval_mode, model_device, outcome_fn
+from robustkern.evaluation import outcome_fn
+from robustkern.modes import eval_mode, model_device
 from robustkern.sweep.budget import VERIFY_STEPS, examples_for_budget, with_limit
 from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, budget_seconds, config_hash
 from robustkern.sweep.grid import Cell, fingerprints, plan
@@ -68,15 +69,27 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Summary:
-    """Runs every cell of ``sweep`` not yet in its store. Under torchrun (WORLD_SIZE > 1) the
-    process group is initialised here if needed (nccl on CUDA, gloo on CPU). Everything that
-    can be checked (data, models and their weights, models against the data) is checked on
-    every rank before any attack runs. ``budget`` ("30m"; "none": no budget) overrides
-    ``[run] budget``."""
+    """Runs every cell (model x attack x eps) of ``sweep`` not yet in its store.
+
+    Args:
+        sweep: a checked sweep file (``sweep.load``).
+        device: "cpu", "cuda" or "auto" (this rank's GPU when there is one); overrides
+            ``[run] device``.
+        budget: seconds or a string ("30m"; "none": no budget) that overrides ``[run]
+            budget``: each model is timed and the first n examples of every cell are run,
+            n as many as fit.
+        progress: a progress bar per group (rank 0).
+        log: where the plan and the per-cell lines go (rank 0).
+
+    Under torchrun (WORLD_SIZE > 1) the process group is initialised here if needed (nccl on
+    CUDA, gloo on CPU), every rank takes its share of the batches and rank 0 writes the store.
+    Everything that can be checked (data, models and their weights, models against the data)
+    is checked on every rank before any attack runs. Returns the ``Summary`` (cells computed
+    and skipped, seconds, the result lines)."""
     start = time.perf_counter()
     if budget is not None:
         sweep = replace(sweep, budget=budget_seconds(budget, "--budget"))
-    own_group = _init_distributed(device or sweep.device)
+    own_group = init_distributed(device or sweep.device)[1]
     rank, world_size = world()
     dev = _device(device or sweep.device)
     say = log if rank == 0 else (lambda _: None)
@@ -363,17 +376,6 @@ def _finished_cells(sweep: Sweep, rank: int) -> set[str]:
     if isinstance(message[0], str):
         raise ValueError(message[0])
     return message[0]
-
-
-def _init_distributed(device: str) -> bool:
-    """Initialises torch.distributed under torchrun; True when this call did it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return True
 
 
 def _device(device: str) -> torch.device:

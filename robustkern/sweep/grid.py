@@ -4,11 +4,11 @@ model's contents by hash (``fingerprints``)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 
+from robustkern import resume
 from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, cell_config, config_hash
 
 
@@ -40,20 +40,9 @@ def plan(sweep: Sweep, hashes: dict[str, str]) -> list[list[Cell]]:
 
 
 def fingerprint_data(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in (x, y):
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return resume.tensor_digest(x, y)
 
 
 def fingerprint_model(model: torch.nn.Module) -> str:
     """A hash of the parameters and buffers (names, dtypes, shapes, values)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        # reshape first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed
-        # as bytes of another size
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return resume.model_digest(model)

@@ -10,17 +10,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from robustkern import ops
 from robustkern.attacks import NORMS, pgd
-from robustkern.attacks._common import (
-    Bounds,
-    Shard,
-    check_eps,
-    check_inputs,
-    check_logits,
-    loss_and_grad,
-    noise_like,
-)
-from robustkern.checks import attacking_for_training
-from robustkern.evaluation import eval_mode
+from robustkern.attacks.gradients import loss_and_grad
+from robustkern.attacks.steps import noise_like
+from robustkern.checks import attacking_for_training, check_eps, check_inputs, check_logits
+from robustkern.modes import eval_mode
+from robustkern.types import Bounds, Shard
 
 METHODS = ("standard", "pgd", "fgsm-rs", "trades")
 

@@ -1,0 +1,53 @@
+"""What the trainer measures besides the loss: clean and robust accuracy on validation (and
+training) images at each epoch end, summed over ranks, and the class probabilities of chosen
+images over time."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from robustkern._env import derived_seed
+from robustkern.evaluation import evaluate
+from robustkern.modes import eval_mode
+from robustkern.training.batches import length, rows
+from robustkern.training.config import TrainConfig
+
+
+def accuracies(model, data, config: TrainConfig, seed_key: tuple, device, rank: int, world: int):
+    """(clean, robust) accuracy of ``model`` on ``data`` (robust None when eps is 0), each rank
+    scoring its share and the counts summed over ranks; robust under PGD with
+    ``config.val_steps`` steps and a random start seeded by ``seed_key`` and the rank."""
+    if data is None:
+        return None, None
+    if world > 1 and not isinstance(data, DataLoader):
+        data = rows(data, range(rank, length(data), world))
+    g = torch.Generator(device).manual_seed(derived_seed(config.seed, *seed_key, rank))
+    attack = "pgd" if config.eps > 0 else "none"
+    options = dict(eps=config.eps, norm=config.norm, steps=config.val_steps, generator=g,
+                   bounds=config.bounds) if attack == "pgd" else {}  # fmt: skip
+    result = evaluate(model, data, attack, device=device, progress=False, **options)
+    counts = torch.tensor(
+        [result.clean_correct.sum(), result.robust_correct.sum(), result.n],
+        dtype=torch.float64, device=device,
+    )  # fmt: skip
+    if world > 1:
+        dist.all_reduce(counts)
+    clean, robust, n = counts.tolist()
+    n = max(n, 1)
+    return clean / n, (robust / n if config.eps > 0 else None)
+
+
+def snapshot(model, tracked: dict, images: torch.Tensor, labels, index, when: float, device):
+    """Appends the class probabilities of ``images`` (eval mode) at training time ``when``
+    (in epochs) to ``tracked``, once per time."""
+    if tracked and tracked["epoch"][-1] == when:
+        return
+    with eval_mode(model), torch.no_grad():
+        probs = F.softmax(model(images.to(device)).float(), dim=1).cpu().tolist()
+    if not tracked:
+        tracked.update(index=list(index), label=labels.tolist(), epoch=[], probs=[])
+    tracked["epoch"].append(when)
+    tracked["probs"].append(probs)
