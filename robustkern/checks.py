@@ -197,6 +197,12 @@ def _stochastic(m: nn.Module) -> bool:
 # --- arguments: the messages every entry point gives ------------------------------------
 
 
+def check_choice(value, allowed, name: str) -> None:
+    """``value`` must be one of ``allowed``; the error names the argument and the choices."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
 def check_inputs(
     x: torch.Tensor, y: torch.Tensor, bounds: Bounds, model: torch.nn.Module | None = None
 ) -> tuple[int, int]:

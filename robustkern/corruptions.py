@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from robustkern._io import pyplot, save_figure
 from robustkern._progress import progress_bar
-from robustkern.checks import check_images, check_model_labels
+from robustkern.checks import check_choice, check_images, check_model_labels
 from robustkern.fourier import band_filter
 from robustkern.modes import eval_mode, model_device
 from robustkern.types import Bounds
@@ -108,8 +108,7 @@ def corrupt(
     """``x`` (N, C, H, W) under corruption ``name`` at ``severity`` 1..5, clipped to ``bounds``."""
     if name not in PARAMETERS:
         raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
+    check_choice(severity, SEVERITIES, "severity")
     check_images(x)
     lo, hi = float(bounds[0]), float(bounds[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):

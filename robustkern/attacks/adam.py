@@ -12,7 +12,7 @@ from robustkern.attacks.losses import LOSSES, attack_loss, is_adversarial
 from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast, keep_best
-from robustkern.checks import check_eps, check_inputs
+from robustkern.checks import check_choice, check_eps, check_inputs
 from robustkern.types import Bounds, PerSample
 
 
@@ -60,10 +60,8 @@ def adam_pgd(
     """
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    check_choice(norm, NORMS, "norm")
+    check_choice(loss, LOSSES, "loss")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not (lr > 0 and 0 <= random_start <= 1 and all(0 <= b < 1 for b in betas)):

@@ -21,7 +21,7 @@ from robustkern.attacks.losses import dlr, is_adversarial
 from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast
-from robustkern.checks import check_eps, check_inputs, check_logits
+from robustkern.checks import check_choice, check_eps, check_inputs, check_logits
 from robustkern.types import Bounds, PerSample
 
 APGD_LOSSES = ("ce", "dlr")
@@ -78,10 +78,8 @@ def apgd(
     """
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if loss not in APGD_LOSSES:
-        raise ValueError(f"loss must be one of {APGD_LOSSES}, got {loss!r}")
+    check_choice(norm, NORMS, "norm")
+    check_choice(loss, APGD_LOSSES, "loss")
     if steps < 1 or restarts < 1 or n_targets < 1:
         raise ValueError(
             f"steps, restarts and n_targets must be >= 1, got {steps}, {restarts}, {n_targets}"

@@ -24,7 +24,7 @@ from robustkern.attacks.losses import is_adversarial, margin
 from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast
-from robustkern.checks import check_inputs
+from robustkern.checks import check_choice, check_inputs
 from robustkern.types import Bounds
 
 
@@ -67,8 +67,7 @@ def min_norm(
         x_adv, then the extras asked for.
     """
     labels = check_inputs(x, y, bounds, model=model)
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_choice(norm, NORMS, "norm")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     lo, hi = float(bounds[0]), float(bounds[1])

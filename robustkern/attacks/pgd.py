@@ -9,7 +9,7 @@ from robustkern.attacks.gradients import input_grad
 from robustkern.attacks.losses import LOSSES, attack_loss, is_adversarial
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast, keep_best, noise_like
-from robustkern.checks import check_eps, check_inputs, check_labels, check_logits
+from robustkern.checks import check_choice, check_eps, check_inputs, check_labels, check_logits
 from robustkern.types import Bounds, PerSample, Shard
 
 NORMS = ("linf", "l2")
@@ -279,10 +279,8 @@ class GraphedPGD:
 
 def _checked_settings(norm, loss, steps, restarts, eps, alpha, n) -> tuple:
     """(eps, alpha) checked, alpha defaulting to 2.5 * eps / steps, after the other options."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    check_choice(norm, NORMS, "norm")
+    check_choice(loss, LOSSES, "loss")
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
     eps = check_eps(eps, n)

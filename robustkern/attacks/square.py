@@ -23,7 +23,7 @@ import torch
 from robustkern.attacks.losses import is_adversarial, margin
 from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
-from robustkern.checks import check_eps, check_inputs, check_logits
+from robustkern.checks import check_choice, check_eps, check_inputs, check_logits
 from robustkern.types import Bounds, PerSample
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of a 10,000-query budget
@@ -74,8 +74,7 @@ def square(
     n = x.shape[0]
     if x.dim() != 4:
         raise ValueError(f"square needs images (N, C, H, W), got shape {tuple(x.shape)}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_choice(norm, NORMS, "norm")
     if queries < 1 or restarts < 1:
         raise ValueError(f"queries and restarts must be >= 1, got {queries} and {restarts}")
     if not 0 < p_init <= 1:

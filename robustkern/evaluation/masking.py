@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from robustkern import attacks
 from robustkern.attacks.gradients import GradientUnavailable, loss_and_grad
 from robustkern.attacks.steps import box_diameter, random_in_ball
-from robustkern.checks import check_inputs
+from robustkern.checks import check_choice, check_inputs
 from robustkern.evaluation.core import Cascade
 from robustkern.modes import eval_mode, model_device
 from robustkern.stats import ALPHA, exceeds, mcnemar, paired_verdict
@@ -67,8 +67,7 @@ def indicators(
     to craft transfer attacks on (the transfer check runs only with one). The model runs in
     eval mode (its mode is restored) on its own device."""
     labels = check_inputs(x, y, bounds)
-    if norm not in attacks.NORMS:
-        raise ValueError(f"norm must be one of {attacks.NORMS}, got {norm!r}")
+    check_choice(norm, attacks.NORMS, "norm")
     if not (isinstance(eps, (int, float)) and 0 < eps < math.inf):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     device = model_device(model)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from robustkern import ops
+from robustkern.checks import check_choice
 
 Pair = int | tuple[int, int]
 Padding = str | int | tuple[int, int]
@@ -114,8 +115,7 @@ def conv_operator_norm(
 
 def _run_op(weight, input_size, stride, padding, dilation, groups, method, max_iters, tol, prune):
     """(per-frequency sigma, norm) from the op, for one layer (4-D weight) or a batch (5-D)."""
-    if method not in BOUND_METHODS:
-        raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
+    check_choice(method, BOUND_METHODS, "method")
     w = _as_batch(weight)
     s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
     n = fft_size(input_size, w.shape[-2:], s, padding, d)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import fx, nn
 
+from robustkern.checks import check_choice
 from robustkern.spectral.nodes import _arg, _is_shape_query, _op_name, _row_name, _Unbounded
 from robustkern.spectral.norms import BOUND_METHODS
 from robustkern.spectral.rows import LayerBound, LipschitzTable
@@ -66,8 +67,7 @@ def lipschitz_table(
     operation without a rule. A forward torch.fx cannot trace (data-dependent control flow,
     TorchScript) gives one such row for the model. An ``input_shape`` the model cannot take is a
     ValueError."""
-    if method not in BOUND_METHODS:
-        raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
+    check_choice(method, BOUND_METHODS, "method")
     shape = tuple(input_shape)
     table = LipschitzTable(input_shape=shape)
     with _eval_mode(model):

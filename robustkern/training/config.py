@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from robustkern.attacks import NORMS
+from robustkern.checks import check_choice
 from robustkern.training.loss import METHODS
 from robustkern.training.schedules import lr_factor
 
@@ -98,12 +99,9 @@ class TrainConfig:
         return key | {"lr": self.learning_rate}
 
     def _check_names(self) -> None:
-        for name, value, allowed in (
-            ("method", self.method, METHODS), ("norm", self.norm, NORMS),
-            ("optimizer", self.optimizer, OPTIMIZERS),
-        ):  # fmt: skip
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        check_choice(self.method, METHODS, "method")
+        check_choice(self.norm, NORMS, "norm")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"eps must be finite and >= 0, got {self.eps}")
         if self.method != "standard" and self.eps == 0:

@@ -12,7 +12,13 @@ from robustkern import ops
 from robustkern.attacks import NORMS, pgd
 from robustkern.attacks.gradients import loss_and_grad
 from robustkern.attacks.steps import noise_like
-from robustkern.checks import attacking_for_training, check_eps, check_inputs, check_logits
+from robustkern.checks import (
+    attacking_for_training,
+    check_choice,
+    check_eps,
+    check_inputs,
+    check_logits,
+)
 from robustkern.modes import eval_mode
 from robustkern.types import Bounds, Shard
 
@@ -58,10 +64,8 @@ def adversarial_loss(
     number of ranks. ``return_logits``: also return the logits the loss was computed on (at
     x' for the adversarial methods; at x for "standard"), detached, for accuracy bookkeeping."""
     labels = check_inputs(x, y, bounds)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_choice(method, METHODS, "method")
+    check_choice(norm, NORMS, "norm")
     if method == "fgsm-rs" and norm != "linf":
         raise ValueError("fgsm-rs is an L-inf method: use norm='linf' or method='pgd'")
     if steps < 1 or beta < 0:
