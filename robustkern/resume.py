@@ -108,11 +108,9 @@ def write_state(path: str | Path, state: dict) -> Path:
 
 def read_state(path: str | Path, what: str) -> dict | None:
     """The state in ``path`` (``torch.load(weights_only=True)``: no pickle), None when there is
-    no file; a ValueError naming ``what`` when it is truncated or corrupt. A killed writer's
-    temporary files beside it are removed."""
+    no file; a ValueError naming ``what`` when it is truncated or corrupt. Safe while another
+    process writes it (it sees the old file or the new one)."""
     path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):
-        stale.unlink(missing_ok=True)
     if not path.is_file():
         return None
     try:
@@ -125,6 +123,14 @@ def read_state(path: str | Path, what: str) -> dict | None:
     if not isinstance(state, dict):
         raise ValueError(f"{what} {path} is not a robustkern file")
     return state
+
+
+def clear_stale(path: str | Path) -> None:
+    """Removes a killed writer's temporary files beside ``path``: for the process that takes
+    over writing it (a reader must not: it would delete a live writer's file)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def differences(saved: dict, now: dict) -> list[str]:

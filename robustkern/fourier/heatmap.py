@@ -214,6 +214,8 @@ def _load_checkpoint(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(errors, done) per representative frequency: from the checkpoint, or fresh."""
     fresh = torch.zeros(count, dtype=torch.int64), torch.zeros(count, dtype=torch.bool)
+    if path is not None:
+        resume.clear_stale(path)  # this run writes the checkpoint from now on
     state = resume.read_state(path, "heat map checkpoint") if path is not None else None
     if state is None:
         return fresh

@@ -56,6 +56,7 @@ def save(trainer) -> None:
 def restore(trainer) -> None:
     """Continues ``trainer`` from its checkpoint, which must come from the same settings."""
     path = trainer.config.checkpoint
+    resume.clear_stale(path)  # this process writes the checkpoint from now on
     state = load_checkpoint(path)
     resume.check_same(state["key"], trainer.key, path, "checkpoint")
     trainer.model.load_state_dict(state["model"])
