@@ -12,6 +12,8 @@ TOLERANCE = 0.01  # share of images transfer may break beyond the white box, for
 
 
 def _cost(suite: Suite, name: str | None, sizes) -> float:
+    if len(suite.models) < 2:
+        return 0.0  # it will skip
     images, steps = suite.images(sizes), sizes["steps"]  # APGD without early stop, per source
     crafted = sum(c.attack(images, steps, early_stop=False) for c in suite.costs.values())
     scored = sum(c.forwards(2 * len(suite.models) * images, 2 * len(suite.models))

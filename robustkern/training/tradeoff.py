@@ -59,15 +59,16 @@ class Tradeoff:
         )  # fmt: skip
 
     def table(self) -> str:
-        """Clean and robust accuracy (%) per training eps, one column per evaluation eps."""
-        head = f"{'trained at':>22} {'clean':>7} " + " ".join(
+        """Clean and robust accuracy (%) per training run, one column per evaluation eps."""
+        names = [self._label(i, eps_text(e, self.bounds)) for i, e in enumerate(self.eps)]
+        width = max(len("trained at"), *map(len, names))
+        head = f"{'trained at':>{width}} {'clean':>7} " + " ".join(
             f"{'@' + format(e, 'g'):>8}" for e in self.eval_eps
         )
         lines = [head]
-        for i, (c, row) in enumerate(zip(self.clean, self.robust, strict=True)):
-            name = self._label(i, eps_text(self.eps[i], self.bounds))
+        for name, c, row in zip(names, self.clean, self.robust, strict=True):
             cells = " ".join(f"{100 * r:8.2f}" for r in row)
-            lines.append(f"{name:>22} {100 * c:7.2f} {cells}")
+            lines.append(f"{name:>{width}} {100 * c:7.2f} {cells}")
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> Path:
