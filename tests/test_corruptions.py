@@ -130,7 +130,7 @@ def test_noise_statistics():
 
 
 def test_fog_fractal_is_a_normalised_height_map():
-    f = C._plasma_fractal(3, 32, 2.0, torch.Generator().manual_seed(0), torch.zeros(1))
+    f = C.transforms._plasma_fractal(3, 32, 2.0, torch.Generator().manual_seed(0), torch.zeros(1))
     assert f.shape == (3, 32, 32)
     assert torch.equal(f.amin((1, 2)), torch.zeros(3)) and torch.equal(
         f.amax((1, 2)), torch.ones(3)
@@ -140,7 +140,7 @@ def test_fog_fractal_is_a_normalised_height_map():
 
 def test_defocus_kernel_is_a_normalised_centred_disk():
     for radius, alias in [(0.3, 0.4), (1.5, 0.1), (3, 0.1), (6, 0.5), (8, 0.5), (10, 0.5)]:
-        k = C._disk(radius, alias, torch.zeros(1))
+        k = C.transforms._disk(radius, alias, torch.zeros(1))
         assert k.shape[0] % 2 == 1 and k.shape[1] % 2 == 1
         # A disk touching its grid's edge (radius 8 and 10) gains mass from cv2's reflect-101
         # border in the anti-aliasing blur, as in the reference code; the others sum to 1.
