@@ -191,7 +191,9 @@ class GraphedPGD:
     dtype and device. eps, alpha, norm, loss, bounds and the model's train/eval mode are fixed
     at capture; the model's weights are read at each replay (in-place updates are seen). The
     random start is drawn per call, outside the graph, from ``generator``. ``autocast``: e.g.
-    ``torch.bfloat16`` captures the model under autocast. CUDA only::
+    ``torch.bfloat16`` captures the model under autocast. Returns x_adv only: the captured graph
+    has fixed outputs, so there are no return_success/norms/queries flags (score x_adv with the
+    model). CUDA only::
 
         attack = GraphedPGD(model, x, y, eps=8 / 255)
         for x, y in loader:  # same batch shape each time
