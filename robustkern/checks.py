@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from robustkern.modes import model_device
+from robustkern.modes import eval_mode, model_device
 from robustkern.types import Bounds, PerSample
 
 
@@ -57,9 +57,7 @@ def check_model_fits(model: nn.Module, x: torch.Tensor, classes: int, what: str 
     """One forward on one and on two of the images x (N >= 2, on the model's device) in eval
     mode: a model that fails on the data (wrong channels or size) or does not return
     (N, classes) logits is a ValueError that names the data's shape, before any work starts."""
-    was_training = model.training
-    try:
-        model.eval()
+    with eval_mode(model):
         for n in (1, 2):
             try:
                 with torch.no_grad():
@@ -76,8 +74,6 @@ def check_model_fits(model: nn.Module, x: torch.Tensor, classes: int, what: str 
                 raise ValueError(
                     f"{what} has {logits.shape[1]} outputs but the data has {classes} classes"
                 )
-    finally:
-        model.train(was_training)
 
 
 def out_of_bounds_hint(lo: float, hi: float, bounds: tuple[float, float]) -> str:

@@ -11,13 +11,15 @@ import torch
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The model in eval mode for the block; its previous mode is restored after."""
-    was_training = model.training
+    """The model in eval mode for the block; every submodule's own mode is restored after (a
+    model in train mode may keep some layers in eval on purpose, e.g. frozen BatchNorm)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -136,6 +136,18 @@ def test_no_side_effects_on_the_model(digits_model):
     assert model.training  # evaluate restores the mode it found
 
 
+def test_evaluate_restores_each_layers_own_mode(digits_model):
+    """A model trained with some layers kept in eval mode on purpose (frozen BatchNorm or
+    dropout) gets those layers back in eval mode, not switched to train with the rest."""
+    model, x, y = digits_model
+    model = copy.deepcopy(model).train()
+    frozen = next(iter(model.children())).eval()
+    modes = {m: m.training for m in model.modules()}
+    robustkern.evaluate(model, (x[:8], y[:8]), eps=0.1, steps=2, progress=False)
+    assert model.training and not frozen.training
+    assert {m: m.training for m in model.modules()} == modes
+
+
 def test_autocast_bfloat16_and_channels_last():
     torch.manual_seed(0)
     model = models.small_resnet(3, 10).eval()

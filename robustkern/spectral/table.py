@@ -11,12 +11,12 @@ import torch
 from torch import fx, nn
 
 from robustkern.checks import check_choice
+from robustkern.modes import eval_mode
 from robustkern.spectral.nodes import _arg, _is_shape_query, _op_name, _row_name, _Unbounded
 from robustkern.spectral.norms import BOUND_METHODS
 from robustkern.spectral.rows import LayerBound, LipschitzTable
 from robustkern.spectral.rules import _LayerRules
 from robustkern.spectral.tracing import (
-    _eval_mode,
     _first_line,
     _input_shapes,
     _Recorder,
@@ -70,7 +70,7 @@ def lipschitz_table(
     check_choice(method, BOUND_METHODS, "method")
     shape = tuple(input_shape)
     table = LipschitzTable(input_shape=shape)
-    with _eval_mode(model):
+    with eval_mode(model):
         try:
             seen = _run_once(*_trace(model), model, shape)
         except _Untraceable as e:

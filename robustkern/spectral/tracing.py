@@ -1,18 +1,18 @@
 """Running the model for the table and the penalty: torch.fx tracing (nn layers and
 ``robustkern.nn.Normalize`` kept whole), one recording forward of the traced graph that keeps each
-node's shape and input-independent values, eval mode for the duration, and each submodule's input
-shape from an eager forward on zeros."""
+node's shape and input-independent values, and each submodule's input shape from an eager
+forward on zeros."""
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from contextlib import contextmanager
 
 import torch
 from torch import fx, nn
 
 from robustkern import nn as rk_nn
+from robustkern.modes import eval_mode
 
 
 class _Untraceable(Exception):
@@ -88,19 +88,6 @@ def _run_once(root: nn.Module, graph: fx.Graph, model: nn.Module, input_shape: t
     return recorder
 
 
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode (BatchNorm's running statistics, dropout off) for the block; every submodule's
-    own mode is restored after."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def _probe(model: nn.Module, input_shape: tuple) -> torch.Tensor:
     """A batch of one zero input on the model's device, in its floating dtype."""
     tensors = itertools.chain(model.parameters(), model.buffers())
@@ -119,7 +106,7 @@ def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mod
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules()]
     try:
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             try:
                 model(_probe(model, input_shape))
             except RuntimeError as e:
