@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from robustkern.checks import check_finite, out_of_bounds_hint
 from robustkern.data.arrays import Size, Split, split, tensors, to_unit
 from robustkern.data.folders import cifar10_binary, cifar_dir, image_folder
 
@@ -184,30 +186,14 @@ def _images(x: np.ndarray, path: Path, what: str, bounds: tuple[float, float]) -
 def _check_float_range(x: np.ndarray, what: str, bounds: tuple[float, float]) -> None:
     """Float images (N, C, H, W) must be finite and within bounds; the message says what the
     values look like (0..255 pixels, normalised), since each has its own fix."""
+    check_finite(torch.from_numpy(x), what)
     lo, hi = bounds
-    must = f"{what} must lie in [{lo:g}, {hi:g}]"
-    bad = ~np.isfinite(x)
-    if bad.any():
-        images = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
-        raise ValueError(
-            f"{must}, found {int(bad.sum())} NaN or infinite value(s) in {len(images)} "
-            f"image(s) (first indices: {images[:5].tolist()}); repair or drop those images"
-        )
     x_min, x_max = float(x.min()), float(x.max())
-    if lo <= x_min and x_max <= hi:
-        return
-    found = f"{must}, found values in [{x_min:g}, {x_max:g}]"
-    if x_min >= 0 and 1 < x_max <= 255:
+    if not (lo <= x_min and x_max <= hi):
         raise ValueError(
-            f"{found}: they look like 0..255 pixel values; divide by 255 or store uint8"
+            f"{what} must lie in [{lo:g}, {hi:g}], found values in [{x_min:g}, {x_max:g}]: "
+            + out_of_bounds_hint(x_min, x_max, bounds)
         )
-    if x_min < 0:
-        raise ValueError(
-            f"{found}: they look normalised; store images in [0, 1] and put the normalisation "
-            "inside the model with robustkern.nn.Normalize(mean, std), "
-            "or pass bounds=(lo, hi) / --bounds"
-        )
-    raise ValueError(found)
 
 
 def _labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
@@ -218,12 +204,6 @@ def _labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
     if n and y.min() < 0:
         raise ValueError(f"{path}: labels must be >= 0, found {y.min()}")
     return y.astype(np.int64)
-
-
-# ---- CIFAR-10 binary distribution ---------------------------------------------------------
-
-
-# ---- image folders ------------------------------------------------------------------------
 
 
 def eps_text(eps: float, bounds: tuple[float, float] = (0.0, 1.0)) -> str:
