@@ -7,6 +7,7 @@ import math
 from torch import nn
 
 from robustkern import evaluation
+from robustkern.attacks.steps import box_diameter
 from robustkern.data import eps_text
 from robustkern.stats import GRADES
 from robustkern.suite.budget import Knob
@@ -16,8 +17,7 @@ from robustkern.suite.white_box import targets
 
 def _eps_grid_length(suite: Suite) -> int:
     """How many radii the indicators' eps curve tries: eps/4 doubling up to half the box."""
-    width = float(suite.bounds[1]) - float(suite.bounds[0])
-    half = width / 2 * (1 if suite.threat.norm == "linf" else suite.x[0].numel() ** 0.5)
+    half = box_diameter(suite.x, suite.threat.norm, suite.bounds) / 2
     return 2 + max(0, math.ceil(math.log2(max(half / (suite.threat.eps / 2), 1.0))))
 
 

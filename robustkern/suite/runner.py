@@ -116,7 +116,7 @@ def run_suite(
             randomisation = any(t.check.name == "randomisation" for t in todo)
             suite.costs.update(measure_models(suite, randomisation, seconds))
             report["costs"] = {k: vars(c) for k, c in suite.costs.items()}
-            plans = allocate(todo, deadline.left if seconds is None else deadline.left * SAFETY)
+            plans = allocate(todo, _plannable(deadline))
             if progress:
                 print(plan_table(todo, plans, seconds, suite.costs))
         _run_tasks(suite, tasks, finished, report, deadline, progress)
@@ -132,14 +132,18 @@ def _run_tasks(suite: Suite, tasks: list, finished: dict, report: dict, deadline
         entry = finished.get((task.check.name, task.model))
         if entry is None:
             rest = [t for t in tasks[i:] if (t.check.name, t.model) not in finished]
-            left = None if deadline.seconds is None else max(0.0, deadline.left) * SAFETY
-            entry = _run(task, suite, allocate(rest, left)[0])
+            entry = _run(task, suite, allocate(rest, _plannable(deadline))[0])
         suite.results.append(entry)
         _learn(suite, task)
         report["seconds"] = deadline.elapsed
         atomic_write_text(suite.out / "report.json", json.dumps(report, indent=1, allow_nan=False))
         write_html(report, suite.out)  # a killed run leaves a readable page of what finished
     validate(report)
+
+
+def _plannable(deadline: Deadline) -> float | None:
+    """The seconds the planner may share out: a safe share of what is left (None: no budget)."""
+    return None if deadline.seconds is None else max(0.0, deadline.left) * SAFETY
 
 
 def _prepare(models, test_data, train_data, factory, norm, eps, bounds, checks, tradeoff, layer,

@@ -45,14 +45,13 @@ def _fourier_cost(suite: Suite, name: str, sizes) -> float:
 def fourier_heatmap(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
     x, y = suite.first(sizes)
     eps, stride = fourier_eps(x.shape), _stride(suite, sizes)
-    error_map = fourier.heatmap(
-        model, x, y, eps=eps, bounds=suite.bounds, seed=suite.seed, progress=False, stride=stride
-    )
+    error_map, counts = fourier.heatmap(model, x, y, eps=eps, bounds=suite.bounds,
+                                        seed=suite.seed, progress=False, stride=stride,
+                                        return_counts=True)  # fmt: skip
+    found = fourier.summary(error_map, counts, eps=eps, n=len(x))
     profile = fourier.radial_profile(error_map)
     third = max(1, len(profile) // 3)
     low, high = profile[:third].nanmean().item(), profile[-third:].nanmean().item()
-    h, w = error_map.shape
-    worst = divmod(int(error_map.nan_to_num(-1.0).argmax()), w)
     path, image = suite.image(
         "fourier",
         name,
@@ -62,24 +61,18 @@ def fourier_heatmap(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome
         ),
     )
     fourier.plot_heatmap(error_map, path, title=f"{name}: Fourier heat map, eps {eps:g}")
-    evaluated = error_map[~error_map.isnan()]
-    figures = {
-        "eps": eps,
-        "images": len(x),
-        "stride": stride,
-        "frequencies": int(evaluated.numel()),
-        "mean_error": evaluated.mean().item(),
-        "max_error": evaluated.max().item(),
-        "worst_frequency": [worst[0] - h // 2, worst[1] - w // 2],
-        "low_frequency_error": low,
-        "high_frequency_error": high,
-        "radial_profile": profile.tolist(),
-    }
+    evaluated = int((counts >= 0).sum())
+    kept = ("eps", "mean_error", "max_error", "worst_frequency", "radial_profile")
+    figures = {k: found[k] for k in kept} | {
+        "images": len(x), "stride": stride, "frequencies": evaluated,
+        "low_frequency_error": low, "high_frequency_error": high,
+    }  # fmt: skip
+    worst = tuple(found["worst_frequency"])
     summary = (
-        f"mean error {percent(evaluated.mean().item())} over {evaluated.numel()} frequencies"
+        f"mean error {percent(found['mean_error'])} over {evaluated} frequencies"
         f"{f' (stride {stride})' if stride > 1 else ''} on {len(x)} images; low-frequency "
         f"third {percent(low)}, high-frequency third {percent(high)}; worst "
-        f"{percent(evaluated.max().item())} at ({worst[0] - h // 2}, {worst[1] - w // 2})"
+        f"{percent(found['max_error'])} at {worst}"
     )
     return Outcome("info", summary, figures, images=[image])
 
