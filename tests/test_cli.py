@@ -227,6 +227,10 @@ def test_eps_as_a_fraction_threads_and_a_model_for_other_images(capsys, tmp_path
     code, _, err = run(capsys, "attack", "--data", "digits", *model, "--no-progress")
     assert code == 2 and "fails on the data's images of shape (1, 8, 8)" in err, err
     assert "Traceback" not in err
+    code, _, err = run(capsys, "train", "--data", "digits", *model, "--out", str(tmp_path),
+                       "--no-progress")  # fmt: skip
+    assert code == 2 and "fails on the data's images of shape (1, 8, 8)" in err, err
+    assert not (tmp_path / "tradeoff.json").exists()  # before any training
     with pytest.raises(SystemExit):
         cli.main(["attack", "--data", "digits", "--eps", "8/0"])
     assert "invalid real value: '8/0'" in capsys.readouterr().err

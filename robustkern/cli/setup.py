@@ -82,7 +82,7 @@ def say(*args) -> None:
 def training_setup(args) -> tuple:
     """(model factory, train, val, test) for train/tradeoff, after torch.distributed is set up
     under torchrun: --val-fraction of the training split is held out for validation (early
-    stopping and best-epoch choice never see the test set)."""
+    stopping and best-epoch choice never see the test set); a --model is checked on two images."""
     args.device = str(init_distributed(args.device)[0])
     x_train, y_train, x_test, y_test = test_split(args)
     n_val = round(len(x_train) * args.val_fraction)
@@ -98,6 +98,9 @@ def training_setup(args) -> tuple:
             return models.from_spec(args.model, None, kwargs=kwargs)
         return models.small_cnn(channels, classes)
 
+    if args.model:  # a model that does not fit the data is an error before any training
+        check_model_fits(factory().to(args.device), x_train[:2].to(args.device), classes,
+                         args.model)  # fmt: skip
     say(f"data: {args.data}, {len(train[0])} training, {n_val} validation, "
         f"{len(x_test)} test images {tuple(x_test.shape[1:])}")  # fmt: skip
     return factory, train, val, (x_test, y_test)
