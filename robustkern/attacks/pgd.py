@@ -9,7 +9,14 @@ from robustkern.attacks.gradients import input_grad
 from robustkern.attacks.losses import LOSSES, attack_loss, is_adversarial
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast, keep_best, noise_like
-from robustkern.checks import check_choice, check_eps, check_inputs, check_labels, check_logits
+from robustkern.checks import (
+    check_choice,
+    check_eps,
+    check_inputs,
+    check_labels,
+    check_logits,
+    warn_if_probabilities,
+)
 from robustkern.types import Bounds, PerSample, Shard
 
 NORMS = ("linf", "l2")
@@ -229,6 +236,7 @@ class GraphedPGD:
         with torch.no_grad():
             logits = model(self.x_nat)
         check_logits(logits, n, labels)
+        warn_if_probabilities(model, logits)  # its host sync must not fall inside the capture
         self.classes = logits.shape[1]
         self.labels = (0, self.classes - 1)  # any label a later batch may bring
         self.autocast = autocast
