@@ -20,6 +20,16 @@ TORCH_LIBRARY(robustkern, m) {
   m.def(
       "l2_project_(Tensor(a!) x_adv, Tensor x_nat, float eps, Tensor? eps_per_sample, "
       "float lo, float hi) -> ()");
+  // L1 family: the exact projection onto the L1 eps-ball around x_nat intersected with the box
+  // [lo, hi] (Croce & Hein 2021), and APGD-L1's sparse step (sign(grad) on the round(sparsity * d)
+  // largest |grad| that can still move inside the box, L1 length alpha) followed by it.
+  m.def(
+      "l1_project_(Tensor(a!) x_adv, Tensor x_nat, float eps, Tensor? eps_per_sample, "
+      "float lo, float hi) -> ()");
+  m.def(
+      "l1_step_(Tensor(a!) x_adv, Tensor x_nat, Tensor grad, float alpha, float eps, "
+      "Tensor? alpha_per_sample, Tensor? eps_per_sample, float lo, float hi, float sparsity, "
+      "Tensor? sparsity_per_sample) -> ()");
   // Per-frequency largest singular values of (B) conv layers on the fft_size torus, max over
   // groups, on the rfft2 half-grid (B, fft_size / stride with the last dim halved), and their max
   // (B). method 'gram': certified upper bounds; 'exact': eigenvalues. Computed and returned in

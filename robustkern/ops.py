@@ -21,6 +21,8 @@ from robustkern.types import Bounds, PerSample
 __all__ = [
     "conv_singular_values",
     "fourier_perturb",
+    "l1_project_",
+    "l1_step_",
     "l2_project_",
     "l2_step_",
     "linf_project_",
@@ -54,24 +56,30 @@ def _bounds(bounds: Bounds) -> tuple[float, float]:
     return float(bounds[0]), float(bounds[1])
 
 
-def step_args(alpha: PerSample, eps: PerSample, bounds: Bounds) -> tuple:
-    """The step ops' trailing arguments (alpha, eps, alpha_per_sample, eps_per_sample, lo, hi).
-    Attacks build them once and call torch.ops.robustkern.*_step_ with them in their loops."""
+def step_args(
+    alpha: PerSample, eps: PerSample, bounds: Bounds, sparsity: PerSample | None = None
+) -> tuple:
+    """The step ops' trailing arguments (alpha, eps, alpha_per_sample, eps_per_sample, lo, hi),
+    then, for ``l1_step_`` (``sparsity`` given), (sparsity, sparsity_per_sample). Attacks build
+    them once and call torch.ops.robustkern.*_step_ with them in their loops."""
     a, a_t = split_per_sample(alpha, "alpha", allow_inf=False)
     e, e_t = split_per_sample(eps, "eps", allow_inf=True)
-    return (a, e, a_t, e_t, *_bounds(bounds))
+    args = (a, e, a_t, e_t, *_bounds(bounds))
+    if sparsity is None:
+        return args
+    return (*args, *split_per_sample(sparsity, "sparsity", allow_inf=False))
 
 
 def step_op(norm: str):
-    """The raw in-place step op of ``norm`` ("linf" or "l2"), for an attack's hot loop: called
-    as ``op(x_adv, x_nat, grad, *step_args(alpha, eps, bounds))`` with the arguments built once
-    (``linf_step_`` / ``l2_step_`` below check and convert them on every call)."""
+    """The raw in-place step op of ``norm`` ("linf", "l2" or "l1"), for an attack's hot loop:
+    called as ``op(x_adv, x_nat, grad, *step_args(alpha, eps, bounds))`` (L1: with a sparsity)
+    with the arguments built once (the wrappers below check and convert them on every call)."""
     return getattr(torch.ops.robustkern, f"{norm}_step_")
 
 
 def project_op(norm: str):
     """The raw in-place projection op of ``norm``, called as ``op(x_adv, x_nat, eps, eps_per_
-    sample, lo, hi)`` in a hot loop (``linf_project_`` / ``l2_project_`` check per call)."""
+    sample, lo, hi)`` in a hot loop (``linf_project_`` etc. check on every call)."""
     return getattr(torch.ops.robustkern, f"{norm}_project_")
 
 
@@ -137,6 +145,32 @@ def l2_project_(
     torch.ops.robustkern.l2_project_(x_adv, x_nat, e, e_t, *_bounds(bounds))
 
 
+def l1_project_(
+    x_adv: torch.Tensor, x_nat: torch.Tensor, *, eps: PerSample, bounds: Bounds = (0.0, 1.0)
+) -> None:
+    """In place: the closest point (in L2) to x_adv in the L1 eps-ball around x_nat intersected
+    with the bounds (per sample; Croce & Hein 2021's box-aware projection)."""
+    e, e_t = split_per_sample(eps, "eps", allow_inf=True)
+    torch.ops.robustkern.l1_project_(x_adv, x_nat, e, e_t, *_bounds(bounds))
+
+
+def l1_step_(
+    x_adv: torch.Tensor,
+    x_nat: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    alpha: PerSample,
+    eps: PerSample,
+    sparsity: PerSample,
+    bounds: Bounds = (0.0, 1.0),
+) -> None:
+    """In place: APGD-L1's sparse step, then ``l1_project_``. The step moves sign(grad) on the
+    round(sparsity * d) largest |grad| (ties included) among the coordinates that can still move
+    that way inside the bounds, scaled to L1 length alpha. ``sparsity`` in (0, 1], a number or
+    one value per sample."""
+    torch.ops.robustkern.l1_step_(x_adv, x_nat, grad, *step_args(alpha, eps, bounds, sparsity))
+
+
 def fourier_perturb(
     x: torch.Tensor,
     freqs: torch.Tensor,
@@ -185,6 +219,16 @@ def _(x_adv, x_nat, eps, eps_ps, lo, hi):
 
 
 @torch.library.register_fake("robustkern::l2_project_")
+def _(x_adv, x_nat, eps, eps_ps, lo, hi):
+    _fake_check(x_adv, x_nat)
+
+
+@torch.library.register_fake("robustkern::l1_step_")
+def _(x_adv, x_nat, grad, alpha, eps, alpha_ps, eps_ps, lo, hi, sparsity, sparsity_ps):
+    _fake_check(x_adv, x_nat, grad)
+
+
+@torch.library.register_fake("robustkern::l1_project_")
 def _(x_adv, x_nat, eps, eps_ps, lo, hi):
     _fake_check(x_adv, x_nat)
 

@@ -4,8 +4,8 @@ Each function computes in the op's compute type (float32 for float16/bfloat16/fl
 float64 for float64) and returns a new tensor in the input's dtype; the ops in robustkern.ops
 compute the same function in place.
 
-Conventions of the projected-step family (``linf_step_``, ``l2_step_``, ``linf_project_``,
-``l2_project_``):
+Conventions of the projected-step families (``linf_step_``, ``l2_step_``, ``linf_project_``,
+``l2_project_``; ``l1_step_`` and ``l1_project_`` below):
 
 * ``alpha`` and ``eps`` are a number or a 1-D tensor with one value per sample.
 * Non-finite gradient entries (NaN, +-inf) carry no usable direction and count as 0, so a
@@ -94,6 +94,100 @@ def l2_project(x_adv, x_nat, *, eps, bounds: Bounds = (0.0, 1.0)) -> torch.Tenso
     acc = _acc(x_adv)
     xa, xn = x_adv.to(acc), x_nat.to(acc)
     return _clip_bounds(_l2_ball(xa, xn, _per_sample(eps, xa)), bounds).to(x_adv.dtype)
+
+
+# L1 family (``l1_project_``, ``l1_step_``): the exact Euclidean projection of delta = x_adv -
+# x_nat onto {d : ||d||_1 <= eps, lo <= x_nat + d <= hi} (Croce & Hein, "Mind the box", ICML
+# 2021). By the KKT conditions d_i = sign(v_i) * clip(|v_i| - lam, 0, c_i) for v = x_adv - x_nat,
+# with c_i the room left in the box in v_i's direction and lam >= 0 the smallest threshold with
+# sum_i clip(|v_i| - lam, 0, c_i) <= eps; that sum is piecewise linear in lam with breakpoints
+# |v_i| - c_i and |v_i|. (A coordinate where x_nat lies outside the bounds gets no room to move
+# away from them.) eps = 0 returns x_nat; the result is clipped to the bounds.
+
+
+def _l1_box_caps(v: torch.Tensor, x_nat: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    """c_i: how far coordinate i may move in v_i's direction before leaving the bounds."""
+    lo, hi = float(bounds[0]), float(bounds[1])
+    return torch.where(v >= 0, hi - x_nat, x_nat - lo).clamp_min(0)
+
+
+def l1_threshold(mag: torch.Tensor, cap: torch.Tensor, eps) -> torch.Tensor:
+    """lam (N,) for magnitudes |v| and caps c (N, d), float64, by sorting the 2d breakpoints:
+    the smallest lam >= 0 with sum_i clip(mag_i - lam, 0, cap_i) <= eps."""
+    mag, cap = mag.double(), cap.double()
+    n = mag.shape[0]
+    eps = torch.as_tensor(eps, dtype=torch.float64, device=mag.device).expand(n)
+    f0 = torch.minimum(mag, cap).sum(1)
+    # A coordinate becomes active (slope -1) at max(mag - cap, 0) and saturates at 0 at mag.
+    points = torch.cat(((mag - cap).clamp_min(0), mag), 1)
+    change = torch.cat((-torch.ones_like(mag), torch.ones_like(mag)), 1)
+    points, order = points.sort(1)
+    slope = change.gather(1, order).cumsum(1)  # on (points[k], points[k + 1])
+    gaps = torch.diff(points, dim=1, append=points[:, -1:])
+    value = f0[:, None] + torch.cumsum(slope * gaps, 1) - slope * gaps  # f(points[k])
+    k = ((value > eps[:, None]).sum(1) - 1).clamp_min(0)[:, None]
+    left, right = points.gather(1, k), points.gather(1, (k + 1).clamp(max=points.shape[1] - 1))
+    s = slope.gather(1, k)
+    # Rounding in the running sums can leave f a hair above eps at the last point: lam is then
+    # that point (every coordinate at 0), and it never leaves its segment.
+    lam = torch.where(s < 0, left + (value.gather(1, k) - eps[:, None]) / -s.clamp(max=-1), right)
+    lam = torch.minimum(torch.maximum(lam, left), right)
+    return torch.where(f0 <= eps, torch.zeros_like(f0), lam[:, 0])
+
+
+def _l1_ball_box(xa: torch.Tensor, xn: torch.Tensor, eps, bounds: Bounds) -> torch.Tensor:
+    """The projection of xa onto the L1 eps-ball around xn intersected with the bounds."""
+    shape = xa.shape
+    xa, xn = xa.flatten(1), xn.flatten(1)
+    v = xa - xn
+    mag, cap = v.abs(), _l1_box_caps(v, xn, bounds)
+    if xa.shape[0] == 0:
+        return xa.view(shape)
+    lam = l1_threshold(mag, cap, eps).to(xa.dtype)[:, None]
+    d = torch.sign(v) * torch.minimum((mag - lam).clamp_min(0), cap)
+    eps_t = torch.as_tensor(eps, dtype=xa.dtype, device=xa.device).expand(xa.shape[0])
+    d = torch.where(eps_t[:, None] == 0, torch.zeros_like(d), d)
+    return _clip_bounds(xn + d, bounds).view(shape)
+
+
+def l1_project(x_adv, x_nat, *, eps, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
+    """The closest point to x_adv in the L1 eps-ball around x_nat within the bounds."""
+    acc = _acc(x_adv)
+    eps = eps.double() if isinstance(eps, torch.Tensor) else float(eps)
+    return _l1_ball_box(x_adv.to(acc), x_nat.to(acc), eps, bounds).to(x_adv.dtype)
+
+
+def l1_sparse_direction(x_adv, grad, sparsity, bounds: Bounds) -> torch.Tensor:
+    """APGD-L1's step direction (N, d) in the compute type: sign(grad) on the round(sparsity * d)
+    largest |grad| (ties included) among the coordinates that can still move that way inside
+    the bounds, scaled to L1 length 1; zero for a sample with no such coordinate."""
+    lo, hi = float(bounds[0]), float(bounds[1])
+    xa, g = x_adv.flatten(1), _finite(grad.flatten(1))
+    n, d = xa.shape
+    movable = ((g > 0) & (xa < hi)) | ((g < 0) & (xa > lo))
+    mag = torch.where(movable, g.abs(), torch.zeros_like(g))
+    # k from sparsity in the compute type, as the kernels have it; rounded, not ceiled, so that
+    # 0.05 of 100 (5.000000000000001 in binary) is 5.
+    sparsity = torch.as_tensor(sparsity, device=xa.device).to(xa.dtype).double().expand(n)
+    k = (sparsity * d + 0.5).floor().clamp(1, max(d, 1)).long()[:, None]  # halves up
+    if d == 0 or n == 0:
+        return torch.zeros_like(xa)
+    kth = mag.sort(1, descending=True).values.gather(1, k - 1)
+    keep = (mag >= kth) & (mag > 0)
+    count = keep.sum(1, keepdim=True).clamp_min(1).to(xa.dtype)
+    return torch.where(keep, torch.sign(g), torch.zeros_like(g)) / count
+
+
+def l1_step(
+    x_adv, x_nat, grad, *, alpha, eps, sparsity, bounds: Bounds = (0.0, 1.0)
+) -> torch.Tensor:
+    """APGD-L1's sparse step: x_adv + alpha * l1_sparse_direction(...), then l1_project."""
+    acc = _acc(x_adv)
+    xa, xn = x_adv.to(acc), x_nat.to(acc)
+    direction = l1_sparse_direction(xa, grad.to(acc), sparsity, bounds).view(xa.shape)
+    moved = xa + _per_sample(alpha, xa) * direction
+    eps = eps.double() if isinstance(eps, torch.Tensor) else float(eps)
+    return _l1_ball_box(moved, xn, eps, bounds).to(x_adv.dtype)
 
 
 # Spectral family (``conv_singular_values``): a conv layer with weight (C_out, C_in / groups, kh,

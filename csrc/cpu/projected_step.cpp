@@ -24,12 +24,6 @@ constexpr int64_t kGrain =
     1 << 15;  // elements per task: below this, threads cost more than they save
 constexpr int64_t kChunk = 1 << 14;  // elements per partial sum in the L2 reductions
 
-// Non-finite gradient entries (NaN, +-inf) carry no usable direction: they count as 0.
-template <typename A>
-inline A finite_or_zero(A g) {
-  const A mag = g < 0 ? -g : g;
-  return mag <= std::numeric_limits<A>::max() ? g : A(0);
-}
 // alpha * sign(g), and 0 where g is 0, NaN or +-inf: two compares on |g| (both false for NaN),
 // one copysign and one select, a handful of vector instructions per element (a chain of nested
 // selects compiled to mask shuffling through scalar registers: the op took 1.5x as long).
@@ -160,18 +154,6 @@ std::vector<double> l2_sums(const T* xa, const T* xn, const T* g, int64_t n, int
     }
   }
   return sums;
-}
-
-template <typename A>
-struct PerSample {
-  const A* values;  // nullptr: every sample uses `scalar`
-  A scalar;
-  A operator[](int64_t i) const { return values ? values[i] : scalar; }
-};
-
-template <typename A>
-PerSample<A> per_sample_view(const at::Tensor& t, double scalar) {
-  return {t.defined() ? t.data_ptr<A>() : nullptr, static_cast<A>(scalar)};
 }
 
 // Shrink factor onto the ball of radius eps for a delta of squared norm nn.

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kernels/common.cuh"
+
 namespace robustkern {
 
 // at::Half / at::BFloat16 share their bit layout with CUDA's __half / __nv_bfloat16.
@@ -24,6 +26,13 @@ struct Native<at::BFloat16> {
 template <typename T>
 typename Native<T>::type* raw(const at::Tensor& t) {
   return reinterpret_cast<typename Native<T>::type*>(t.data_ptr<T>());
+}
+
+// A per-sample value for the kernels: the tensor's values (compute type A) where the op got one,
+// else the scalar.
+template <typename A>
+cuda::PerSample<A> per_sample_view(const at::Tensor& t, double scalar) {
+  return {t.defined() ? t.data_ptr<A>() : nullptr, static_cast<A>(scalar)};
 }
 
 }  // namespace robustkern

@@ -14,11 +14,6 @@
 namespace robustkern {
 namespace {
 
-template <typename A>
-cuda::PerSample<A> per_sample_view(const at::Tensor& t, double scalar) {
-  return {t.defined() ? t.data_ptr<A>() : nullptr, static_cast<A>(scalar)};
-}
-
 void linf_step_cuda(at::Tensor x_adv, const at::Tensor& x_nat, const at::Tensor& grad, double alpha,
                     double eps, const std::optional<at::Tensor>& alpha_ps,
                     const std::optional<at::Tensor>& eps_ps, double lo, double hi) {

@@ -6,8 +6,18 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace robustkern {
 namespace cuda {
+
+// alpha, eps or sparsity: one scalar, or one value per sample when `values` is set.
+template <typename A>
+struct PerSample {
+  const A* values;
+  A scalar;
+  __device__ __forceinline__ A operator[](int64_t i) const { return values ? values[i] : scalar; }
+};
 
 // Compute ("accumulate") type: float for float/half/bfloat16, double for double.
 template <typename T>

@@ -22,14 +22,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8192;  // elements per block in the L2 partial sums
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
-// alpha or eps: one scalar, or one value per sample when `values` is set.
-template <typename A>
-struct PerSample {
-  const A* values;
-  A scalar;
-  __device__ __forceinline__ A operator[](int64_t i) const { return values ? values[i] : scalar; }
-};
-
 // Non-finite gradient entries (NaN, +-inf) carry no usable direction: they count as 0.
 template <typename A>
 __device__ __forceinline__ A finite_or_zero(A g) {

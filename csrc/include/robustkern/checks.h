@@ -94,6 +94,18 @@ inline PerSampleTensors check_projected_step(const char* op, const at::Tensor& x
           per_sample(eps_ps, "eps", x_adv, acc, true, op)};
 }
 
+// l1_step_'s sparsity: the fraction of coordinates moved, in (0, 1], or one value per sample.
+inline at::Tensor check_sparsity(const char* op, const at::Tensor& x_adv, double sparsity,
+                                 const std::optional<at::Tensor>& sparsity_ps) {
+  TORCH_CHECK(sparsity_ps.has_value() || (sparsity > 0 && sparsity <= 1), op,
+              ": sparsity must be in (0, 1], got ", sparsity);
+  at::Tensor v = per_sample(sparsity_ps, "sparsity", x_adv, acc_type(x_adv), false, op);
+  if (v.defined() && v.is_cpu() && v.numel() > 0)
+    TORCH_CHECK(((v > 0) & (v <= 1)).all().item<bool>(), op,
+                ": every per-sample sparsity must be in (0, 1]");
+  return v;
+}
+
 // True when the three tensors share strides and each sample is one contiguous block of memory
 // (contiguous and channels_last NCHW both qualify): the kernels then walk raw memory.
 inline bool sample_blocks(const at::Tensor& a, const at::Tensor& b, const at::Tensor* c) {
