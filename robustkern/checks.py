@@ -98,7 +98,7 @@ def out_of_bounds_hint(lo: float, hi: float, bounds: tuple[float, float]) -> str
 def likely_eps(eps: float, norm: str, bounds: tuple[float, float], numel: int) -> float | None:
     """The eps probably meant when ``eps`` (input units) is at least half the bounds' width in
     L-inf (every image can then be moved to the middle grey: nothing is left to classify) or
-    larger than the box's diagonal in L2: ``eps / 255`` (8 -> 8/255, a radius given in pixel
+    larger than the box's diameter in L2 or L1: ``eps / 255`` (8 -> 8/255, a radius given in pixel
     units); None when eps is plausible. (Not a quarter of the width: MNIST's standard 0.3 is
     more than that.)"""
     width = float(bounds[1]) - float(bounds[0])
@@ -106,7 +106,7 @@ def likely_eps(eps: float, norm: str, bounds: tuple[float, float], numel: int) -
         return None
     if norm == "linf":
         return eps * width / 255 if eps >= width / 2 else None
-    limit = width * math.sqrt(max(numel, 1))
+    limit = width * (max(numel, 1) if norm == "l1" else math.sqrt(max(numel, 1)))
     return eps * width / 255 if eps > limit else None
 
 
@@ -118,7 +118,7 @@ def warn_unusual_eps(eps, norm: str, bounds: tuple[float, float], numel: int) ->
         eps = float(eps)
     meant = likely_eps(float(eps), norm, bounds, numel)
     if meant is not None:
-        what = "half the inputs' range" if norm == "linf" else "the diagonal of the box"
+        what = "half the inputs' range" if norm == "linf" else f"the box's {norm} diameter"
         warnings.warn(
             f"eps {eps:g} ({norm}) is not smaller than {what} {tuple(bounds)}: every input can be "
             f"changed beyond recognition. eps is in the inputs' own units; did you mean "

@@ -117,7 +117,7 @@ def test_deterministic_with_a_generator(digits_model):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"eps": 0.1, "norm": "l1"}, "norm"),
+        ({"eps": 0.1, "norm": "l0"}, "norm"),
         ({"eps": 0.1, "loss": "margin"}, "loss"),
         ({"eps": 0.1, "steps": 0}, "steps"),
         ({"eps": float("inf")}, "needs a finite eps"),

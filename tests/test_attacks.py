@@ -189,7 +189,7 @@ BAD = [
     ("y must be an int64 tensor", dict(y=torch.zeros(4, dtype=torch.int32)), {}),
     ("eps=inf needs a finite alpha", {}, dict(eps=float("inf"))),
     ("alpha; got inf", {}, dict(alpha=float("inf"))),
-    ("norm must be one of", {}, dict(norm="l1")),
+    ("norm must be one of", {}, dict(norm="l0")),
     ("per-sample eps must have shape", {}, dict(eps=torch.ones(3))),
     ("x must lie within bounds", dict(x=torch.rand(4, 6) + 0.5), {}),
     ("x must lie within bounds", dict(x=torch.rand(4, 6) - 0.5), dict(bounds=(0.0, 2.0))),

@@ -10,6 +10,7 @@ Building blocks for new attacks: ``losses``, ``gradients`` (the input's gradient
 
 from robustkern.attacks.adam import adam_pgd
 from robustkern.attacks.apgd import apgd
+from robustkern.attacks.fab import fab
 from robustkern.attacks.fgsm import fgsm
 from robustkern.attacks.lbfgs import lbfgs
 from robustkern.attacks.min_norm import average_distortion, min_norm, robust_accuracy_curve
@@ -22,6 +23,7 @@ __all__ = [
     "adam_pgd",
     "apgd",
     "average_distortion",
+    "fab",
     "fgsm",
     "lbfgs",
     "min_norm",

@@ -9,7 +9,6 @@ import torch
 from robustkern import ops
 from robustkern.attacks.gradients import loss_and_grad
 from robustkern.attacks.losses import LOSSES, attack_loss, is_adversarial
-from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast, keep_best
 from robustkern.checks import check_choice, check_eps, check_inputs
@@ -60,7 +59,7 @@ def adam_pgd(
     """
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
-    check_choice(norm, NORMS, "norm")
+    check_choice(norm, ("linf", "l2"), "norm")
     check_choice(loss, LOSSES, "loss")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

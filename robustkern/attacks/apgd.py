@@ -1,6 +1,8 @@
 """Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
 diverse parameter-free attacks", ICML 2020), L-inf and L2, CE and DLR losses, untargeted and
-targeted (towards the top-k other classes), on the fused step and projection ops.
+targeted (towards the top-k other classes), on the fused step and projection ops; and L1-APGD
+(Croce & Hein, "Mind the box: l1-APGD for sparse adversarial attacks on image classifiers",
+ICML 2021) on the fused L1 ops.
 
 The published schedule: initial step 2 eps per sample; momentum 0.75 (none on the first step);
 checkpoints at 22 %, then intervals shrinking by 3 % of the budget down to 6 % (22, 41, 57, 70,
@@ -9,9 +11,19 @@ best point when its loss rose in at most rho = 0.75 of the interval's steps, or 
 not halved at the previous checkpoint and its best loss has not improved since. Every sample
 keeps its best (highest-loss) point and the last adversarial point found. The step loop never
 synchronises with the host; the schedule is fixed by ``steps``.
+
+L1 (the paper's adaptive sparsity): no momentum; initial step eps; each step moves the top
+20 % of the coordinates by |grad| that can still move inside the box (``l1_step_``). Every
+4 % of the budget the fraction becomes the best point's sparsity / 1.5 and the step is reset to
+eps (and the sample restarts from its best point) where the sparsity fell by more than 5 %,
+else divided by 1.5 (never below eps / 10). With ``large_eps`` the run spends 30 %, 30 % and
+40 % of its steps at 3, 2 and 1 times eps, each stage starting from the previous one's best
+point: the wider ball finds the few coordinates worth spending the budget on.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -20,7 +32,7 @@ from robustkern.attacks.gradients import loss_and_grad
 from robustkern.attacks.losses import dlr, is_adversarial
 from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
-from robustkern.attacks.steps import broadcast
+from robustkern.attacks.steps import broadcast, l1_start
 from robustkern.checks import check_choice, check_eps, check_inputs, check_logits
 from robustkern.types import Bounds, PerSample
 
@@ -41,6 +53,8 @@ def apgd(
     n_targets: int = 9,
     rho: float = 0.75,
     momentum: float = 0.75,
+    large_eps: bool = True,
+    eot: int = 1,
     bounds: Bounds = (0.0, 1.0),
     generator: torch.Generator | None = None,
     early_stop: bool = False,
@@ -57,14 +71,18 @@ def apgd(
         x: the images (N, C, H, W), or any (N, ...) batch, within ``bounds``.
         y: int64 true labels (N,) (also when targeted: the targets are chosen from the logits).
         eps: the radius in the inputs' units, a number or (N,) per-sample radii.
-        norm: "linf" or "l2".
+        norm: "linf", "l2" or "l1".
         loss: "ce" or "dlr" (Croce & Hein's difference of logits ratio: at least 3 classes,
             4 when targeted).
         targeted: run once per target class, the 2nd, 3rd, ... highest clean logits
             (AutoAttack's APGD-T), each on the samples still classified correctly.
         steps: iterations per run; restarts: runs per sample (and target).
         n_targets: target classes when targeted (capped at the classes - 1).
-        rho, momentum: the step-size rule's threshold and the momentum (the paper's 0.75).
+        rho, momentum: the step-size rule's threshold and the momentum (the paper's 0.75;
+            L-inf and L2).
+        large_eps: L1 only: the 3x, 2x, 1x eps schedule (AutoAttack's L1 setting).
+        eot: gradient passes averaged per step (expectation over transformation) for a model
+            whose forward is random; each counts as a query.
         bounds: (lo, hi) of valid inputs. generator: the random starts' generator.
         early_stop: a sample leaves the batch once adversarial (evaluation use: the same
             outcome for less work, one host sync per step); without it the loop never syncs.
@@ -80,9 +98,10 @@ def apgd(
     n = x.shape[0]
     check_choice(norm, NORMS, "norm")
     check_choice(loss, APGD_LOSSES, "loss")
-    if steps < 1 or restarts < 1 or n_targets < 1:
+    if min(steps, restarts, n_targets, eot) < 1:
         raise ValueError(
-            f"steps, restarts and n_targets must be >= 1, got {steps}, {restarts}, {n_targets}"
+            f"steps, restarts, n_targets and eot must be >= 1, got {steps}, {restarts}, "
+            f"{n_targets}, {eot}"
         )
     if not (0 < rho <= 1 and 0 <= momentum <= 1):
         raise ValueError(f"rho must be in (0, 1] and momentum in [0, 1], got {rho}, {momentum}")
@@ -108,9 +127,8 @@ def apgd(
             idx = (~success).nonzero().squeeze(1)  # one sync per restart, none per step
             if idx.numel() == 0:
                 break
-            run = _Run(
-                model, norm, loss, steps, rho, momentum, bounds, generator, labels, early_stop
-            )
+            run = _Run(model, norm, loss, steps, rho, momentum, bounds, generator, labels,
+                       early_stop, large_eps, eot)  # fmt: skip
             e = eps[idx] if isinstance(eps, torch.Tensor) else eps
             xa, fooled, used = run(x_nat[idx], y[idx], None if target is None else target[idx], e)
             result[idx], success[idx], queries[idx] = xa, fooled, queries[idx] + used
@@ -130,6 +148,14 @@ def checkpoints(steps: int) -> list[int]:
     return out
 
 
+def l1_stages(steps: int) -> list[tuple[int, int]]:
+    """(eps multiple, steps) of L1-APGD's large-eps schedule: 30 %, 30 %, the rest."""
+    first = math.ceil(0.3 * steps)
+    if steps < 3:
+        return [(1, steps)]
+    return [(3, first), (2, first), (1, steps - 2 * first)]
+
+
 class _Run:
     """One APGD run on a batch: ``__call__(x_nat, y, target, eps) -> (x_adv, fooled, passes)``,
     passes: int64 (N,) gradient passes each sample went through.
@@ -138,11 +164,12 @@ class _Run:
     adversarial leave every tensor at once (one host sync per step to learn which)."""
 
     def __init__(self, model, norm, loss, steps, rho, momentum, bounds, generator, labels,
-                 early_stop):  # fmt: skip
+                 early_stop, large_eps=False, eot=1):  # fmt: skip
         self.model, self.norm, self.loss, self.steps = model, norm, loss, steps
         self.rho, self.momentum, self.generator = rho, momentum, generator
         self.bounds = (float(bounds[0]), float(bounds[1]))
         self.labels, self.early_stop = labels, early_stop
+        self.large_eps, self.eot = large_eps and norm == "l1", eot
         self.step_op = ops.step_op(norm)
         self.project_op = ops.project_op(norm)
 
@@ -155,10 +182,14 @@ class _Run:
         return ce if target is None else -ce
 
     def _evaluate(self, s):
-        """Gradient, loss and "fooled" at s["x"] (one more pass for each row still here)."""
-        self.passes[s["row"]] += 1
+        """Gradient, loss and "fooled" at s["x"] (eot more passes for each row still here)."""
+        self.passes[s["row"]] += self.eot
         grad, logits, value = loss_and_grad(
-            self.model, s["x"], lambda z: self._loss(z, s["y"], s.get("target")), self.labels
+            self.model,
+            s["x"],
+            lambda z: self._loss(z, s["y"], s.get("target")),
+            self.labels,
+            self.eot,
         )
         return grad, value, is_adversarial(logits, s["y"], False)
 
@@ -168,43 +199,83 @@ class _Run:
     def __call__(self, x_nat, y, target, eps):
         n, device = x_nat.shape[0], x_nat.device
         eps_t = torch.as_tensor(eps, dtype=torch.float32, device=device).expand(n).clone()
-        out, found = x_nat.clone(), torch.zeros(n, dtype=torch.bool, device=device)
         self.passes = torch.zeros(n, dtype=torch.int64, device=device)
+        if not self.large_eps:
+            out, found, _ = self._single(x_nat, y, target, eps_t, self.steps, None)
+            return out, found, self.passes
+        noise = torch.empty_like(x_nat).normal_(generator=self.generator)
+        start = None
+        for scale, steps in l1_stages(self.steps):
+            if start is None:
+                start = l1_start(x_nat, noise, scale * eps_t, self.bounds)
+            self.project_op(start, x_nat, 0.0, scale * eps_t, *self.bounds)
+            # A point found at a wider eps is no answer: only the last stage's count.
+            out, found, start = self._single(x_nat, y, target, scale * eps_t, steps, start,
+                                             self.early_stop and scale == 1)  # fmt: skip
+        return out, found, self.passes
+
+    def _single(self, x_nat, y, target, eps_t, steps, start, early_stop=None):
+        """One run of ``steps`` from ``start`` (None: a random start): (x_adv, fooled, best),
+        best the highest-loss points (meaningful without early stopping)."""
+        early_stop = self.early_stop if early_stop is None else early_stop
+        n, device = x_nat.shape[0], x_nat.device
+        out, found = x_nat.clone(), torch.zeros(n, dtype=torch.bool, device=device)
         s = {"row": torch.arange(n, device=device), "x_nat": x_nat, "y": y, "eps": eps_t}
         if target is not None:
             s["target"] = target
-        s["x"] = self._start(x_nat, eps_t)
+        s["x"] = self._start(x_nat, eps_t) if start is None else start.clone()
         self._project(s["x"], s)
         s["grad"], value, fooled = self._evaluate(s)
         s.update(
-            step=2 * eps_t, adv=s["x"].clone(), found=fooled.clone(), x_best=s["x"].clone(),
-            grad_best=s["grad"].clone(), loss_best=value.clone(), x_old=s["x"].clone(),
-            loss_prev=value, rises=torch.zeros(n, device=device),
+            step=(1 if self.norm == "l1" else 2) * eps_t, adv=s["x"].clone(),
+            found=fooled.clone(), x_best=s["x"].clone(), grad_best=s["grad"].clone(),
+            loss_best=value.clone(), x_old=s["x"].clone(), loss_prev=value,
+            rises=torch.zeros(n, device=device),
             halved_last=torch.ones(n, dtype=torch.bool, device=device),
             loss_best_last=value.clone(),
         )  # fmt: skip
-        check_at, interval_start = checkpoints(self.steps), 0
-        for i in range(self.steps):
-            if self.early_stop and not self._drop_fooled(s, out, found):
+        if self.norm == "l1":
+            self._sparsity_init(s, start)
+            every = max(int(0.04 * steps), 1)
+            check_at = list(range(every, steps + 1, every))
+        else:
+            check_at = checkpoints(steps)
+        interval_start = 0
+        for i in range(steps):
+            if early_stop and not self._drop_fooled(s, out, found):
                 break
             self._iterate(s, self.momentum if i > 0 else 1.0)
             if i + 1 in check_at:
-                self._checkpoint(s, i + 1 - interval_start)
+                if self.norm == "l1":
+                    self._checkpoint_l1(s)
+                else:
+                    self._checkpoint(s, i + 1 - interval_start)
                 interval_start = i + 1
-        if self.early_stop:
+        if early_stop:
             self._drop_fooled(s, out, found)
         rows, keep = s["row"], broadcast(s["found"], s["x"])
         out[rows] = torch.where(keep, s["adv"], s["x_best"])
         found[rows] = s["found"]
-        return out, found, self.passes
+        best = x_nat.clone()
+        best[rows] = s["x_best"]
+        return out, found, best
+
+    def _step(self, s):
+        """The fused step from s["x"] (L1: the sparse step at s["sparsity"])."""
+        z = s["x"].clone()
+        args = (0.0, 0.0, s["step"], s["eps"], *self.bounds)
+        if self.norm == "l1":
+            args = (*args, 0.0, s["sparsity"])
+        self.step_op(z, s["x_nat"], s["grad"], *args)
+        return z
 
     def _iterate(self, s, a):
         """One momentum step, then the gradient and the best-point bookkeeping at the new x."""
         x = s["x"]
-        z = x.clone()
-        self.step_op(z, s["x_nat"], s["grad"], 0.0, 0.0, s["step"], s["eps"], *self.bounds)
-        x_new = x + a * (z - x) + (1 - a) * (x - s["x_old"])
-        self._project(x_new, s)
+        x_new = self._step(s)
+        if self.norm != "l1":  # L1-APGD takes no momentum
+            x_new = x + a * (x_new - x) + (1 - a) * (x - s["x_old"])
+            self._project(x_new, s)
         s["x_old"], s["x"] = x, x_new
         s["grad"], value, fooled = self._evaluate(s)
         s["adv"] = torch.where(broadcast(fooled, x_new), x_new, s["adv"])
@@ -222,10 +293,35 @@ class _Run:
             ~s["halved_last"] & (s["loss_best_last"] >= s["loss_best"])
         )
         s["step"] = torch.where(halve, s["step"] / 2, s["step"])
-        s["x"] = torch.where(broadcast(halve, s["x"]), s["x_best"], s["x"])
-        s["grad"] = torch.where(broadcast(halve, s["x"]), s["grad_best"], s["grad"])
+        self._back_to_best(s, halve)
         s["halved_last"], s["loss_best_last"] = halve, s["loss_best"].clone()
         s["rises"] = torch.zeros_like(s["rises"])
+
+    def _back_to_best(self, s, where):
+        s["x"] = torch.where(broadcast(where, s["x"]), s["x_best"], s["x"])
+        s["grad"] = torch.where(broadcast(where, s["x"]), s["grad_best"], s["grad"])
+
+    def _sparsity_init(self, s, start):
+        """The moved fraction: 20 % from a random start, the start's sparsity / 1.5 else."""
+        d = s["x"][0].numel()
+        if start is None:
+            s["sparsity"] = torch.full_like(s["eps"], 0.2)
+            s["nonzero"] = torch.full_like(s["eps"], float(d))
+        else:
+            s["nonzero"] = _nonzero(s["x"] - s["x_nat"])
+            s["sparsity"] = (s["nonzero"] / d / 1.5).clamp(1 / d, 1)
+
+    def _checkpoint_l1(self, s):
+        """The paper's adaptive sparsity: follow the best point's sparsity; reset the step where
+        it fell by more than 5 % (and go back to the best point), else shrink it."""
+        d = s["x"][0].numel()
+        nonzero = _nonzero(s["x_best"] - s["x_nat"])
+        fell = nonzero / s["nonzero"].clamp_min(1) < 0.95
+        s["sparsity"] = (nonzero / d / 1.5).clamp(1 / d, 1)
+        s["step"] = torch.where(fell, s["eps"], s["step"] / 1.5)
+        s["step"] = torch.minimum(torch.maximum(s["step"], s["eps"] / 10), s["eps"])
+        s["nonzero"] = nonzero
+        self._back_to_best(s, fell)
 
     @staticmethod
     def _drop_fooled(s, out, found) -> bool:
@@ -242,12 +338,20 @@ class _Run:
         return bool(keep.any())
 
     def _start(self, x_nat, eps_t):
-        """x_nat + eps * t / ||t|| (uniform t, L-inf; Gaussian t, L2), as AutoAttack."""
+        """x_nat + eps * t / ||t|| (uniform t, L-inf; Gaussian t, L2), as AutoAttack; L1:
+        Gaussian noise projected onto the ball (``steps.l1_start``)."""
         t = torch.empty_like(x_nat)
         if self.norm == "linf":
             t.uniform_(-1.0, 1.0, generator=self.generator)
             scale = t.flatten(1).abs().amax(1)
         else:
             t.normal_(generator=self.generator)
+            if self.norm == "l1":
+                return l1_start(x_nat, t, eps_t, self.bounds)
             scale = t.flatten(1).norm(dim=1)
         return x_nat + t * broadcast(eps_t / scale.clamp_min(1e-12), t).to(t.dtype)
+
+
+def _nonzero(delta: torch.Tensor) -> torch.Tensor:
+    """Per sample: how many coordinates of delta are not 0 (float32)."""
+    return delta.flatten(1).ne(0).sum(1).float()

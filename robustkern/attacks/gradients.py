@@ -10,11 +10,19 @@ from robustkern.checks import check_logits, warn_if_probabilities
 
 
 def input_grad(
-    model, x: torch.Tensor, y: torch.Tensor, loss: str, targeted: bool, labels: tuple[int, int]
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str,
+    targeted: bool,
+    labels: tuple[int, int],
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d loss / d x, logits). Only the input's gradient: parameters' .grad stay untouched.
-    ``labels``: the (min, max) label from check_inputs, checked against the logits' shape."""
-    grad, logits, _ = loss_and_grad(model, x, lambda z: attack_loss(z, y, loss, targeted), labels)
+    ``labels``: the (min, max) label from check_inputs, checked against the logits' shape;
+    ``eot``: passes averaged (see ``loss_and_grad``)."""
+    loss_fn = lambda z: attack_loss(z, y, loss, targeted)  # noqa: E731
+    grad, logits, _ = loss_and_grad(model, x, loss_fn, labels, eot)
     return grad, logits
 
 
@@ -23,10 +31,24 @@ class GradientUnavailable(ValueError):
 
 
 def loss_and_grad(
-    model, x: torch.Tensor, loss_fn, labels: tuple[int, int]
+    model, x: torch.Tensor, loss_fn, labels: tuple[int, int], eot: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d sum(loss) / d x, logits, per-sample loss) for ``loss_fn(logits) -> (N,)``; input
-    gradient only."""
+    gradient only. ``eot`` > 1: the gradient and loss averaged over that many passes, the
+    expectation over transformation (Athalye et al. 2018) that a randomised model (noise
+    injection, random transforms in its forward) needs; the logits are the last pass's. The
+    model's own randomness is used: nothing is seeded here."""
+    grad_sum = loss_sum = None
+    for _ in range(eot):
+        grad, logits, loss = _one_pass(model, x, loss_fn, labels)
+        grad_sum = grad if grad_sum is None else grad_sum + grad
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+    if eot == 1:
+        return grad_sum, logits, loss_sum
+    return grad_sum / eot, logits, loss_sum / eot
+
+
+def _one_pass(model, x, loss_fn, labels):
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         logits = model(xg)

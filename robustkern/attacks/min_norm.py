@@ -21,7 +21,6 @@ import torch
 from robustkern import ops
 from robustkern.attacks.gradients import loss_and_grad
 from robustkern.attacks.losses import is_adversarial, margin
-from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast
 from robustkern.checks import check_choice, check_inputs
@@ -67,7 +66,7 @@ def min_norm(
         x_adv, then the extras asked for.
     """
     labels = check_inputs(x, y, bounds, model=model)
-    check_choice(norm, NORMS, "norm")
+    check_choice(norm, ("linf", "l2"), "norm")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     lo, hi = float(bounds[0]), float(bounds[1])

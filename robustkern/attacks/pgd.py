@@ -1,4 +1,8 @@
-"""Projected gradient descent (Madry et al. 2018), L-inf and L2, on the fused step ops."""
+"""Projected gradient descent (Madry et al. 2018), L-inf, L2 and L1, on the fused step ops.
+
+L1 steps are sparse (``l1_step_``): sign(grad) on the ``sparsity`` fraction of coordinates with
+the largest |grad| that can still move inside the box, as in Tramer & Boneh's sparse L1 descent
+and L1-APGD; a dense L1 step would spread the budget over every pixel and find little."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from robustkern import ops
 from robustkern.attacks.gradients import input_grad
 from robustkern.attacks.losses import LOSSES, attack_loss, is_adversarial
 from robustkern.attacks.results import finish
-from robustkern.attacks.steps import broadcast, keep_best, noise_like
+from robustkern.attacks.steps import broadcast, keep_best, l1_start, noise_like
 from robustkern.checks import (
     check_choice,
     check_eps,
@@ -19,7 +23,8 @@ from robustkern.checks import (
 )
 from robustkern.types import Bounds, PerSample, Shard
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "l1")
+L1_SPARSITY = 0.05  # the fraction of coordinates an L1 step moves by default
 
 
 def pgd(
@@ -38,6 +43,8 @@ def pgd(
     bounds: Bounds = (0.0, 1.0),
     generator: torch.Generator | None = None,
     early_stop: bool = False,
+    sparsity: float = L1_SPARSITY,
+    eot: int = 1,
     return_success: bool = False,
     return_norms: bool = False,
     return_queries: bool = False,
@@ -52,10 +59,11 @@ def pgd(
         x: the images (N, C, H, W), or any (N, ...) batch, within ``bounds``.
         y: int64 labels (N,); with ``targeted`` the target classes.
         eps: the radius in the inputs' units, a number or a 1-D tensor (N,) of per-sample radii.
-        norm: "linf" or "l2".
+        norm: "linf", "l2" or "l1".
         steps: gradient steps per restart.
         alpha: the step size (input units; number or (N,)); default 2.5 * eps / steps.
-        random_start: start from a uniform point of the ball (else from x).
+        random_start: start from a random point of the ball (L-inf: uniform; L2: uniform
+            radius and direction; L1: Gaussian noise projected onto the ball), else from x.
         restarts: runs per sample; each keeps its best point (adversarial first, then the
             highest loss).
         targeted: move towards the classes in ``y`` instead of away from them.
@@ -65,6 +73,9 @@ def pgd(
         early_stop: a sample leaves the batch once adversarial and keeps that point
             (evaluation use: one host sync per step); without it the loop never syncs
             (training use, CUDA-graph friendly).
+        sparsity: L1 only: the fraction of coordinates each step moves, in (0, 1].
+        eot: gradient passes averaged per step (expectation over transformation) for a model
+            whose forward is random; each counts as a query.
         return_success, return_norms, return_queries: the extras every attack returns after
             ``x_adv`` in this order (``robustkern.attacks.results``); success is already known
             with early stopping or restarts.
@@ -77,8 +88,11 @@ def pgd(
     labels = check_inputs(x, y, bounds, model=model)
     n = x.shape[0]
     eps, alpha = _checked_settings(norm, loss, steps, restarts, eps, alpha, n)
+    if not 0 < sparsity <= 1 or eot < 1:
+        raise ValueError(f"sparsity must be in (0, 1] and eot >= 1, got {sparsity}, {eot}")
     x_nat = x.detach()
-    run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels, shard)
+    run = _Run(model, norm, steps, random_start, targeted, loss, bounds, generator, labels, shard,
+               sparsity, eot)  # fmt: skip
     queries = torch.zeros(n, dtype=torch.int64, device=x.device)
     if n == 0:
         x_adv, success = x_nat.clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
@@ -88,7 +102,7 @@ def pgd(
         x_adv, success = run.fixed(x_nat, y, eps, alpha, restarts, return_success or return_norms)
         # the forward that keeps each restart's best point is part of the attack; the one that
         # only reports success (one restart) is not
-        queries += steps * restarts + (restarts if restarts > 1 else 0)
+        queries += steps * restarts * eot + (restarts if restarts > 1 else 0)
     return finish(model, x_nat, x_adv, y, (return_success, return_norms, return_queries),
                   norm=norm, targeted=targeted, success=success, queries=queries)  # fmt: skip
 
@@ -96,12 +110,14 @@ def pgd(
 class _Run:
     """One attack's settings; `fixed` and `early_stop` are the two loops over them."""
 
-    def __init__(
-        self, model, norm, steps, random_start, targeted, loss, bounds, generator, labels, shard
-    ):
+    def __init__(self, model, norm, steps, random_start, targeted, loss, bounds, generator,
+                 labels, shard, sparsity=L1_SPARSITY, eot=1):  # fmt: skip
         self.model, self.norm, self.steps, self.random_start = model, norm, steps, random_start
         self.targeted, self.loss, self.bounds, self.generator = targeted, loss, bounds, generator
-        self.labels, self.shard = labels, shard
+        self.labels, self.shard, self.sparsity, self.eot = labels, shard, sparsity, eot
+
+    def _grad(self, x_adv, y):
+        return input_grad(self.model, x_adv, y, self.loss, self.targeted, self.labels, self.eot)
 
     def fixed(self, x_nat, y, eps, alpha, restarts, want_success):
         """(x_adv, success or None); success costs one forward when restarts == 1."""
@@ -110,7 +126,7 @@ class _Run:
         for _ in range(restarts):
             x_adv = self._start(x_nat, eps)
             for _ in range(self.steps):
-                grad, _ = input_grad(self.model, x_adv, y, self.loss, self.targeted, self.labels)
+                grad, _ = self._grad(x_adv, y)
                 step(x_adv, x_nat, grad)
             if restarts > 1 or want_success:
                 best = self._keep_best(best, x_adv, y)
@@ -133,13 +149,12 @@ class _Run:
             xa, step = self._start(x_nat, eps)[idx], self._step_fn(a, e)
             for i in range(self.steps + 1):
                 if i < self.steps:
-                    grad, logits = input_grad(
-                        self.model, xa, yy, self.loss, self.targeted, self.labels
-                    )
+                    grad, logits = self._grad(xa, yy)
+                    queries[idx] += self.eot
                 else:
                     with torch.no_grad():
                         logits = self.model(xa)
-                queries[idx] += 1
+                    queries[idx] += 1
                 fooled = is_adversarial(logits, yy, self.targeted)
                 hit, keep = fooled.nonzero().squeeze(1), (~fooled).nonzero().squeeze(1)
                 result[idx[hit]] = xa[hit]  # the first adversarial point of each sample
@@ -158,7 +173,7 @@ class _Run:
     def _step_fn(self, alpha, eps):
         """The fused step with its scalars split once (and CUDA values checked once)."""
         op = ops.step_op(self.norm)
-        args = ops.step_args(alpha, eps, self.bounds)
+        args = ops.step_args(alpha, eps, self.bounds, self.sparsity if self.norm == "l1" else None)
         return lambda x_adv, x_nat, grad: op(x_adv, x_nat, grad, *args)
 
     def _start(self, x_nat, eps):
@@ -172,6 +187,9 @@ class _Run:
             noise = noise_like(x_nat, lambda t: t.uniform_(-1.0, 1.0, generator=g), self.shard)
             x_adv += noise * e
             ops.linf_project_(x_adv, x_nat, eps=eps, bounds=self.bounds)
+        elif self.norm == "l1":
+            noise = noise_like(x_nat, lambda t: t.normal_(generator=g), self.shard)
+            return l1_start(x_nat, noise, eps, self.bounds)
         else:
             noise = noise_like(x_nat, lambda t: t.normal_(generator=g), self.shard)
             per_sample = x_nat.new_empty(x_nat.shape[0])

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from robustkern import ops
 from robustkern.types import Bounds, PerSample, Shard
 
 
@@ -46,18 +47,29 @@ def keep_best(best, x_adv: torch.Tensor, fooled: torch.Tensor, score: torch.Tens
 
 
 def random_in_ball(x: torch.Tensor, eps: float, norm: str, bounds: Bounds, generator):
-    """x plus a random point of the eps-ball: uniform in the L-inf box, or on the L2 sphere of
-    radius eps; clipped to the bounds."""
+    """x plus a random point of the eps-ball: uniform in the L-inf box, on the L2 sphere of
+    radius eps, or (L1) Gaussian noise projected onto the L1 ball; clipped to the bounds."""
     noise = torch.empty_like(x)
     if norm == "linf":
         return (x + noise.uniform_(-eps, eps, generator=generator)).clamp(*bounds)
     noise.normal_(generator=generator)
+    if norm == "l1":
+        return l1_start(x, noise, eps, bounds)
     return (x + noise * eps / broadcast(noise.flatten(1).norm(dim=1).clamp_min(1e-12), x)).clamp(
         *bounds
     )
 
 
+def l1_start(x: torch.Tensor, noise: torch.Tensor, eps: PerSample, bounds: Bounds):
+    """AutoAttack's L1 start: x plus standard Gaussian noise (in units of the bounds' width),
+    projected onto the L1 eps-ball within the bounds: a point on the ball's surface whose
+    coordinates near the box's faces are spent first."""
+    start = x + noise * (float(bounds[1]) - float(bounds[0]))
+    ops.l1_project_(start, x, eps=eps, bounds=bounds)
+    return start
+
+
 def box_diameter(x: torch.Tensor, norm: str, bounds: Bounds) -> float:
     """The largest distance between two points of the input box (one sample of x's shape)."""
     width = float(bounds[1]) - float(bounds[0])
-    return width if norm == "linf" else width * math.sqrt(x[0].numel())
+    return width * {"linf": 1, "l2": math.sqrt(x[0].numel()), "l1": x[0].numel()}[norm]

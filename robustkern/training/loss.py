@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from robustkern import ops
 from robustkern.attacks import NORMS, pgd
 from robustkern.attacks.gradients import loss_and_grad
+from robustkern.attacks.pgd import L1_SPARSITY
 from robustkern.attacks.steps import noise_like
 from robustkern.checks import (
     attacking_for_training,
@@ -107,6 +108,7 @@ def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels, 
     x_adv = x_nat + 0.001 * noise
     step = getattr(ops, f"{norm}_step_")
     alpha = eps / 4 if alpha is None else alpha
+    sparse = {"sparsity": L1_SPARSITY} if norm == "l1" else {}
 
     def kl(logits):
         return F.kl_div(F.log_softmax(logits.float(), 1), p_nat, reduction="none").sum(1)
@@ -114,5 +116,5 @@ def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels, 
     getattr(ops, f"{norm}_project_")(x_adv, x_nat, eps=eps, bounds=bounds)
     for _ in range(steps):
         grad, _, _ = loss_and_grad(model, x_adv, kl, labels)
-        step(x_adv, x_nat, grad, alpha=alpha, eps=eps, bounds=bounds)
+        step(x_adv, x_nat, grad, alpha=alpha, eps=eps, bounds=bounds, **sparse)
     return x_adv
