@@ -62,8 +62,12 @@ def test_evaluate_runs_the_cascade_and_the_indicators(capsys, tmp_path):
 @pytest.mark.parametrize(
     "options, budget",
     [
-        (["--attack", "apgd", "--steps", "5", "--loss", "dlr"], "steps 5, restarts 1, loss dlr"),
+        (
+            ["--attack", "apgd", "--steps", "5", "--loss", "dlr", "--eot", "2"],
+            "steps 5, restarts 1, loss dlr, eot 2",
+        ),
         (["--attack", "adam"], "steps 100, loss ce"),  # the function's defaults, printed
+        (["--attack", "fab", "--steps", "5"], "steps 5, restarts 1, eot 1"),
         (["--attack", "square", "--queries", "30"], "restarts 1, queries 30"),
     ],
 )

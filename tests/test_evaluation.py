@@ -32,7 +32,7 @@ def test_standard_is_no_weaker_than_any_of_its_attacks(digits_model):
     assert result.after_each_attack()[0][1] == pytest.approx(accuracy(model, singles["apgd-ce"], y))
     broken = sum(result.broken_by.values())
     assert broken == int(result.clean_correct.sum() - result.robust_correct.sum())
-    assert list(result.broken_by) == [name for name, _ in PRESETS["standard"]]
+    assert list(result.broken_by) == [name for name, _, _ in PRESETS["standard"]["linf"]]
     assert "after square" in str(result)
 
 
@@ -82,8 +82,10 @@ def test_cascade_options_are_checked(digits_model):
         robustkern.evaluate(model, (x, y), "standard", progress=False)
     with pytest.raises(ValueError, match="alpha"):
         robustkern.evaluate(model, (x, y), "fast", eps=0.1, alpha=0.1, progress=False)
-    white = Cascade("standard", eps=0.1, white_box_only=True)
+    white = Cascade("standard", eps=0.1, only=("apgd-ce", "apgd-t"))
     assert list(white.broken_by) == ["apgd-ce", "apgd-t"]  # the indicators' white-box reference
+    with pytest.raises(ValueError, match="no stage"):
+        Cascade("fast", eps=0.1, only=("fab-t",))
     with pytest.raises(ValueError, match="attack must be one of"):
         robustkern.evaluate(model, (x, y), "strongest", eps=0.1, progress=False)
 
@@ -170,7 +172,7 @@ def test_eps_in_pixel_units_warns_with_the_value_meant(digits_model):
     model, x, y = digits_model
     with pytest.warns(EpsUnitsWarning, match=r"did you mean 8/255 = 0.0313725\?"):
         robustkern.evaluate(model, (x[:8], y[:8]), "pgd", eps=8, steps=1, progress=False)
-    with pytest.warns(EpsUnitsWarning, match="diagonal"):
+    with pytest.warns(EpsUnitsWarning, match="l2 diameter"):
         robustkern.evaluate(model, (x[:8], y[:8]), "pgd", eps=9, norm="l2", steps=1,
                             progress=False)  # fmt: skip
 

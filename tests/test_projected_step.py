@@ -11,6 +11,8 @@ from tests._step_inputs import DTYPES, LAYOUTS, SHAPES, make
 from tests.conftest import DEVICES
 
 OPS = ["linf_step", "l2_step", "linf_project", "l2_project"]
+
+
 def call(name, xa, x, g, **kw):
     """(op result, reference result); the op runs in place on a copy of xa with xa's strides."""
     out = torch.empty_strided(xa.shape, xa.stride(), dtype=xa.dtype, device=xa.device)

@@ -571,7 +571,10 @@ def test_budget_counts_passes_and_the_busiest_rank():
     assert budget.passes(spec("square", queries=100), 2) == (201, 0)
     assert budget.passes(spec("min-norm", steps=20), 2) == (1, 20 + 10 * 2)  # FMN + checks
     assert budget.passes(spec("fast", steps=10), 1) == (1, 10 + 10 * 3)  # APGD-CE, APGD-T x 3
-    assert budget.passes(spec("standard", steps=10, queries=50), 1) == (51, 10 + 10 * 9)
+    # standard: APGD-CE, APGD-T x 9, FAB-T x 9 (a forward and a gradient a step), Square
+    assert budget.passes(spec("standard", steps=10, queries=50), 1) == (1 + 90 + 50, 10 + 90 + 90)
+    assert budget.passes(spec("rand", steps=10), 1) == (1, 2 * 10 * 20)  # two APGDs, EoT 20
+    assert budget.passes(spec("fab", steps=10), 1) == (11, 10 * budget.FAB_CLASSES)
     assert budget.passes(spec("none"), 1) == (1, 0)
     # 24-example batches over 2 ranks: rank 0 takes batches 0, 2, ...
     assert budget.largest_fitting(1.0, 30, 200, 24, 1) == 30

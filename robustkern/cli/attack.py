@@ -16,7 +16,7 @@ from robustkern.cli.setup import start
 from robustkern.data import eps_text
 
 # Flags that go to the attack function when it takes them.
-ATTACK_FLAGS = ("steps", "restarts", "loss", "alpha", "queries")
+ATTACK_FLAGS = ("steps", "restarts", "loss", "alpha", "queries", "eot")
 
 
 def add_parser(sub) -> None:
@@ -30,6 +30,10 @@ def add_parser(sub) -> None:
     p.add_argument("--restarts", type=POSITIVE, help="pgd, apgd, square (1)")
     p.add_argument("--loss", choices=("ce", "margin", "dlr"), help="ce (default), margin, dlr")
     p.add_argument("--queries", type=POSITIVE, help="square's query budget (5000)")
+    p.add_argument(
+        "--eot", type=POSITIVE,
+        help="pgd, apgd, fab: gradient passes averaged per step, for a randomised model (1)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--limit", type=COUNT, default=0, help="evaluate only the first N test images")
     p.add_argument("--budget", default=None, help="stop after the batch that fills it, e.g. 10m")
@@ -81,3 +85,6 @@ def print_accuracies(result: evaluation.Evaluation) -> None:
     for name, acc in result.after_each_attack():
         print(f"  after {name:<8} {100 * acc:6.2f} %  ({result.broken_by[name]} points broken)")
     print(f"robust accuracy: {result.interval_text('robust')}  ({result.seconds:.1f} s)")
+    for line in (result.note, result.randomized_text()):
+        if line:
+            print(line)

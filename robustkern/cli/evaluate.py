@@ -1,5 +1,5 @@
-"""``robustkern evaluate``: the reliable cascade (APGD-CE, targeted APGD-DLR, Square), and the
-gradient-masking indicators on request."""
+"""``robustkern evaluate``: a preset cascade (AutoAttack's standard, plus or rand version, or our
+quick fast), and the gradient-masking indicators on request."""
 
 from __future__ import annotations
 
@@ -15,17 +15,25 @@ from robustkern.cli.attack import print_accuracies
 from robustkern.cli.options import COUNT, POSITIVE, RADIUS, add_model
 from robustkern.cli.setup import start
 from robustkern.data import eps_text
+from robustkern.evaluation.presets import describe, stages
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="reliable robust accuracy: APGD-CE, targeted APGD-DLR and Square in a cascade",
+        help="reliable robust accuracy: AutoAttack's versions (APGD-CE, APGD-T, FAB-T, Square)",
     )
     add_model(p)
     p.add_argument("--norm", choices=NORMS, default="linf")
     p.add_argument("--eps", type=RADIUS, default=0.3, help="radius in input units (0..1)")
-    p.add_argument("--preset", choices=tuple(evaluation.PRESETS), default="standard")
+    p.add_argument(
+        "--preset", choices=tuple(evaluation.PRESETS), default="standard",
+        help="the cascade (see --list-presets); a randomised model runs 'rand' instead of "
+        "'standard' or 'plus', and says so",
+    )  # fmt: skip
+    p.add_argument(
+        "--list-presets", action="store_true", help="print every preset's attacks and exit"
+    )
     p.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
     p.add_argument(
         "--indicators", type=COUNT, default=0, metavar="N",
@@ -41,8 +49,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.list_presets:
+        print(describe())
+        return 0
     loaded = start(args)
-    attacks_run = ", ".join(name for name, _ in evaluation.PRESETS[args.preset])
+    attacks_run = ", ".join(name for name, _, _ in stages(args.preset, args.norm))
     print(f"evaluation: {args.preset} ({attacks_run}), {args.norm}, eps "
           f"{eps_text(args.eps, args.bounds)}")  # fmt: skip
     result = robustkern.evaluate(

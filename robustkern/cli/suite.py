@@ -9,7 +9,6 @@ import json
 import torch
 
 from robustkern import models, suite
-from robustkern.attacks import NORMS
 from robustkern.checks import check_model_fits
 from robustkern.cli.options import COUNT, RADIUS, add_common
 from robustkern.cli.setup import model_from_spec, test_split
@@ -29,7 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model-kwargs", action="append", help="JSON keyword arguments (one or each)")
     p.add_argument("--name", action="append", help="a report name per --model")
     p.add_argument("--trust-pickle", action="store_true", help="allow weights that need pickle")
-    p.add_argument("--norm", choices=NORMS, default="linf", help="the main threat model's norm")
+    p.add_argument(
+        "--norm", choices=("linf", "l2"), default="linf", help="the main threat model's norm"
+    )
     p.add_argument(
         "--eps", type=RADIUS, default=None, help="main radius (default: the literature's)"
     )

@@ -7,7 +7,9 @@ from robustkern.evaluation.core import (
     PRESETS,
     Cascade,
     Evaluation,
+    RandomizedModelWarning,
     evaluate,
+    is_randomized,
     outcome_fn,
 )
 from robustkern.evaluation.masking import Indicator, indicators
@@ -20,9 +22,11 @@ __all__ = [
     "Cascade",
     "Evaluation",
     "Indicator",
+    "RandomizedModelWarning",
     "TransferTable",
     "evaluate",
     "indicators",
+    "is_randomized",
     "outcome_fn",
     "transfer_matrix",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -18,6 +20,7 @@ from robustkern.checks import (
     warn_if_probabilities,
     warn_unusual_eps,
 )
+from robustkern.evaluation.presets import PRESETS, stages
 from robustkern.modes import eval_mode, model_device
 from robustkern.stats import interval, percent_with_interval
 from robustkern.timebudget import Deadline, parse_budget
@@ -28,34 +31,29 @@ AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 _Outcome = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 ]
-ATTACKS = ("pgd", "apgd", "adam", "square", "fgsm", "none", "standard", "fast")
 # The single attacks by name, and whether they take early_stop (all report their success).
 _SINGLE = {
     "pgd": (attacks.pgd, True),
     "apgd": (attacks.apgd, True),
+    "fab": (attacks.fab, False),
     "adam": (attacks.adam_pgd, False),
     "square": (attacks.square, False),
     "fgsm": (attacks.fgsm, False),
 }
+ATTACKS = (*_SINGLE, "none", *PRESETS)
 # Every single attack by name, for callers that pass it options (the command line).
 FUNCTIONS = {name: fn for name, (fn, _) in _SINGLE.items()}
-# Cascades: each attack runs only on the points every earlier one left robust (per-sample worst
-# case). "standard" is our counterpart of AutoAttack's standard version (APGD-CE, APGD-T on the
-# DLR loss over 9 target classes, Square with 5,000 queries); "fast" keeps the two white-box
-# attacks with 3 target classes, for quick checks during development.
-PRESETS = {
-    "standard": (
-        ("apgd-ce", {"loss": "ce"}),
-        ("apgd-t", {"loss": "dlr", "targeted": True, "n_targets": 9}),
-        ("square", {"queries": 5000}),
-    ),
-    "fast": (
-        ("apgd-ce", {"loss": "ce"}),
-        ("apgd-t", {"loss": "dlr", "targeted": True, "n_targets": 3}),
-    ),
-}
+# Cascades (``presets.PRESETS``): each attack runs only on the points every earlier one left
+# robust (per-sample worst case).
 _SHARED = ("eps", "norm", "bounds", "generator")  # options every stage of a cascade takes
-_OWN = {"apgd": ("steps", "restarts"), "square": ("queries", "restarts", "p_init")}
+_OWN = {
+    "apgd": ("steps", "restarts", "eot"),
+    "fab": ("steps", "restarts"),
+    "square": ("queries", "restarts", "p_init"),
+}
+REPEATS = 10  # forwards that judge each final point of a randomised model
+# A relative logit change above this between two identical forwards marks a randomised model.
+RANDOM_DRIFT = 1e-4
 
 
 @dataclass
@@ -70,6 +68,12 @@ class Evaluation:
     params: dict = field(default_factory=dict)
     broken_by: dict[str, int] = field(default_factory=dict)  # cascades: points each attack broke
     of: int | None = None  # examples in the data (more than n when a time budget stopped it)
+    # A randomised model: each final point judged over ``repeats`` forwards (robust only if
+    # correct in all); repeat_accuracy[r] is the robust accuracy forward r alone would give.
+    randomized: bool = False
+    repeats: int = 1
+    repeat_accuracy: tuple[float, ...] = ()
+    note: str = ""  # which preset ran, and why, when it is not the one asked for
 
     @property
     def stopped_early(self) -> bool:
@@ -105,6 +109,18 @@ class Evaluation:
             raise ValueError(f"which must be 'clean' or 'robust', got {which!r}")
         return int(getattr(self, f"{which}_correct").sum())
 
+    def randomized_text(self) -> str:
+        """How a randomised model was judged and the spread over its repeated forwards ("" for
+        a deterministic model)."""
+        if not self.randomized:
+            return ""
+        acc = [100 * a for a in self.repeat_accuracy]
+        return (
+            f"randomised model: each point judged over {self.repeats} forwards, robust only if "
+            f"correct in all; one forward alone would give {min(acc):.2f} to {max(acc):.2f} % "
+            f"(mean {sum(acc) / len(acc):.2f} %)"
+        )
+
     def after_each_attack(self) -> list[tuple[str, float]]:
         """Cascades: (attack, robust accuracy once it and every earlier attack have run)."""
         correct, out = int(self.clean_correct.sum()), []
@@ -123,7 +139,8 @@ class Evaluation:
             "robust_accuracy": self.robust_accuracy,
             "robust_interval": list(self.interval("robust")),
             "after_each_attack": self.after_each_attack(), "broken_by": dict(self.broken_by),
-            "seconds": self.seconds,
+            "seconds": self.seconds, "randomized": self.randomized, "repeats": self.repeats,
+            "repeat_accuracy": list(self.repeat_accuracy), "note": self.note,
         }  # fmt: skip
 
     def __str__(self) -> str:
@@ -134,6 +151,8 @@ class Evaluation:
         )
         if self.stopped_early:
             text += f"\n  the time budget stopped it after {self.n} of {self.of} examples"
+        for line in (self.note, self.randomized_text()):
+            text += f"\n  {line}" if line else ""
         for name, acc in self.after_each_attack():
             text += f"\n  after {name:<8} {100 * acc:6.2f} %  ({self.broken_by[name]} broken)"
         return text
@@ -149,6 +168,7 @@ def evaluate(
     progress: bool = True,
     autocast: torch.dtype | None = None,
     budget: float | str | None = None,
+    repeats: int = REPEATS,
     **attack_kwargs,
 ) -> Evaluation:
     """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
@@ -158,11 +178,12 @@ def evaluate(
             restored after.
         data: an ``(x, y)`` pair of tensors (images (N, C, H, W) in the attack's bounds, int64
             labels (N,)), a Dataset or a DataLoader of such ``(x, y)`` batches.
-        attack: "pgd" or "apgd" (early stopping: a sample leaves the batch once
-            misclassified, which changes no outcome and saves the work), "adam" (``adam_pgd``),
-            "square" (black-box), "fgsm", "none", a callable ``(model, x, y) -> x_adv``, or a
-            cascade, "standard" (APGD-CE, targeted APGD-DLR, Square: the reliable evaluation)
-            or "fast" (the two APGD attacks); cascades report how many points each broke.
+        attack: a single attack, "pgd" or "apgd" (early stopping: a sample leaves the batch
+            once misclassified, which changes no outcome and saves the work), "fab", "adam"
+            (``adam_pgd``), "square" (black-box), "fgsm"; "none"; a callable ``(model, x, y)
+            -> x_adv``; or a preset cascade (``presets.PRESETS``): AutoAttack's "standard",
+            "plus" and "rand" versions with its settings for the norm, or our quick "fast";
+            cascades report how many points each attack broke.
         batch_size: examples per model batch.
         device: where the model runs (default: the model's device).
         progress: show a progress bar.
@@ -171,43 +192,107 @@ def evaluate(
         budget: seconds (or "10m"): batches are evaluated in order until the next one would
             not fit, and the result covers those examples (``Evaluation.of`` says how many the
             data held); None evaluates everything.
+        repeats: a randomised model (two forwards of the first batch differ) has each final
+            point judged over this many forwards, robust only if correct in all; "standard"
+            and "plus" then run as "rand" (expectation over transformation), as the result's
+            ``note`` says.
         **attack_kwargs: go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``, eps in the
-            input's units; cascades take eps, norm, bounds, generator, steps and restarts for
-            APGD, queries for Square). A 1-D tensor option (eps, alpha) holds one value per
-            example of ``data``, in its order. eps 0 scores the clean outcome, unattacked.
+            input's units; cascades take eps, norm, bounds, generator, steps, restarts and eot
+            for APGD and FAB, queries and p_init for Square, overriding the preset's). A 1-D
+            tensor option (eps, alpha) holds one value per example of ``data``, in its order.
+            eps 0 scores the clean outcome, unattacked.
 
     Only correctly classified examples are attacked. Returns per-example outcomes and their
     summary, with 95 % intervals (``Evaluation``).
     """
-    attack_fn, name = outcome_fn(attack, attack_kwargs)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    outcome_fn(attack, attack_kwargs)  # a bad attack or option fails before any model work
     device = torch.device(device) if device is not None else model_device(model)
     per_example = _per_example_options(attack_kwargs, data)
     deadline = Deadline(parse_budget(budget))
-    clean, robust, seen = [], [], 0
+    clean, robust, per_repeat, seen = [], [], [], 0
     amp = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
     with eval_mode(model), amp:
         batches, total = _batches(data, batch_size)
-        bar = progress_bar(batches, total=total, desc=f"evaluate ({name})", disable=not progress,
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("data holds no examples")
+        randomized = is_randomized(model, first[0].to(device))
+        attack, note = _preset_for(attack, randomized)
+        if note:  # the stages asked for were the other preset's
+            attack_kwargs = {k: v for k, v in attack_kwargs.items() if k != "only"}
+        attack_fn, name = outcome_fn(attack, attack_kwargs)
+        judge = repeats if randomized else 1
+        every = itertools.chain([first], batches)
+        bar = progress_bar(every, total=total, desc=f"evaluate ({name})", disable=not progress,
                            unit="batch")  # fmt: skip
         for x, y in bar:
             if seen and not deadline.allows(deadline.elapsed / len(clean)):
                 break  # the next batch would overrun the budget
-            ok, still = _evaluate_batch(model, x.to(device), y.to(device), attack_fn, seen,
-                                        per_example, attack_kwargs)  # fmt: skip
+            ok, still, each = _evaluate_batch(model, x.to(device), y.to(device), attack_fn, seen,
+                                              per_example, attack_kwargs, judge)  # fmt: skip
             seen += len(ok)
             clean.append(ok.cpu())
             robust.append(still.cpu())
+            per_repeat.append(each.sum(0).cpu())
     if seen == 0:
         raise ValueError("data holds no examples")
     return Evaluation(
         torch.cat(clean), torch.cat(robust), deadline.elapsed, name, dict(attack_kwargs),
         dict(attack_fn.broken_by) if isinstance(attack_fn, Cascade) else {},
-        of=_length(data),
+        of=_length(data), randomized=randomized, repeats=judge,
+        repeat_accuracy=tuple((sum(per_repeat) / seen).tolist()) if randomized else (),
+        note=note,
     )  # fmt: skip
 
 
-def _evaluate_batch(model, x, y, attack_fn, seen: int, per_example: dict, options: dict):
-    """(clean correct, robust correct) bool (B,) for one batch starting at example ``seen``."""
+def is_randomized(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether two forwards of the same images (up to 64 of x) disagree: a prediction changes
+    or a logit moves by more than ``RANDOM_DRIFT`` of the largest."""
+    changed, drift = output_drift(model, x[:64])
+    return changed > 0 or drift > RANDOM_DRIFT
+
+
+def output_drift(
+    model: torch.nn.Module, x: torch.Tensor, logits: torch.Tensor | None = None
+) -> tuple[int, float]:
+    """(predictions changed, largest logit change relative to the largest logit) between two
+    forwards of x (``logits``: the first one's, when already computed)."""
+    if len(x) == 0:
+        return 0, 0.0
+    with torch.no_grad():
+        first = model(x) if logits is None else logits
+        again = model(x)
+    changed = int((again.argmax(1) != first.argmax(1)).sum())
+    scale = first.float().abs().amax().clamp_min(1e-12)
+    return changed, ((again.float() - first.float()).abs().amax() / scale).item()
+
+
+class RandomizedModelWarning(UserWarning):
+    """The model's outputs differ on identical input: a randomised defence."""
+
+
+def _preset_for(attack, randomized: bool) -> tuple:
+    """(the attack to run, a note saying why it is not the one asked for, or "")."""
+    if not (randomized and isinstance(attack, str) and attack in ("standard", "plus")):
+        return attack, ""
+    note = (
+        f"the model's outputs differ on identical input (a randomised model): {attack!r} "
+        "would attack single noisy gradients, so the 'rand' preset ran instead (APGD-CE and "
+        "APGD-DLR averaging 20 gradient passes per step, AutoAttack's version for randomised "
+        "defences)"
+    )
+    warnings.warn(note, RandomizedModelWarning, stacklevel=3)
+    return "rand", note
+
+
+def _evaluate_batch(model, x, y, attack_fn, seen: int, per_example: dict, options: dict,
+                    repeats: int = 1):  # fmt: skip
+    """(clean correct, robust correct, correct per forward (B, repeats)) bool for one batch
+    starting at example ``seen``. With repeats > 1 a point is robust only if every forward of
+    it is correct."""
     check_label_tensor(x, y)
     # unchecked, a NaN image would just count as misclassified, never attacked
     check_finite(x, f"data (examples {seen} to {seen + len(x) - 1})", offset=seen)
@@ -219,14 +304,26 @@ def _evaluate_batch(model, x, y, attack_fn, seen: int, per_example: dict, option
     check_logits(logits, len(x), label_range(y))
     warn_if_probabilities(model, logits)
     ok = logits.argmax(dim=1) == y
+    final = x
     still = ok.clone()
     idx = ok.nonzero().squeeze(1)
     if idx.numel() and attack_fn is not None:
         rows = idx + seen  # the attacked examples' positions in data
         own = {k: v[rows.to(v.device)].to(x.device) for k, v in per_example.items()}
-        _, fooled = attack_fn(model, x[idx], y[idx], **own)
+        x_adv, fooled = attack_fn(model, x[idx], y[idx], **own)
         still[idx] = ~fooled
-    return ok, still
+        final = x.clone()
+        final[idx] = x_adv.to(x.dtype)
+    if repeats == 1:
+        return ok, still, still[:, None]
+    each = judged(model, final, y, repeats) & ok[:, None]
+    return ok, each.all(1), each
+
+
+def judged(model, x: torch.Tensor, y: torch.Tensor, repeats: int) -> torch.Tensor:
+    """bool (N, repeats): whether each of ``repeats`` forwards of x classifies it as y."""
+    with torch.no_grad():
+        return torch.stack([model(x).argmax(1) == y for _ in range(repeats)], 1)
 
 
 def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, str]:
@@ -247,12 +344,13 @@ def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, s
 
 
 class Cascade:
-    """A preset's attacks in order, each on the points still robust; ``__call__(model, x, y)
-    -> (x_adv, fooled)`` with every sample's worst case. ``broken_by`` counts, per attack, the
-    points it broke (summed over calls). ``white_box_only`` leaves out the black-box Square.
+    """A preset's attacks for the norm (``presets.PRESETS``) in order, each on the points still
+    robust; ``__call__(model, x, y) -> (x_adv, fooled)`` with every sample's worst case.
+    ``broken_by`` counts, per attack, the points it broke (summed over calls). ``only``: run
+    just these stages (by name, e.g. the white-box ones), in the preset's order.
     """
 
-    def __init__(self, preset: str, *, white_box_only: bool = False, **kwargs):
+    def __init__(self, preset: str, *, only: tuple[str, ...] | None = None, **kwargs):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
         if "eps" not in kwargs:
@@ -264,32 +362,30 @@ class Cascade:
                 f"unknown option(s) {sorted(unknown)} for the {preset!r} evaluation; "
                 f"it takes {sorted(known)}"
             )
-        self.stages = tuple(
-            (name, options)
-            for name, options in PRESETS[preset]
-            if not (white_box_only and name == "square")
-        )
+        table = stages(preset, kwargs.get("norm", "linf"))
+        if only is not None:
+            missing = set(only) - {name for name, _, _ in table}
+            if missing:
+                raise ValueError(f"the {preset!r} preset has no stage(s) {sorted(missing)}")
+        self.stages = tuple(s for s in table if only is None or s[0] in only)
         self.kwargs = kwargs
-        self.broken_by = {name: 0 for name, _ in self.stages}
+        self.broken_by = {name: 0 for name, _, _ in self.stages}
 
     def __call__(self, model, x, y, **own):
         kwargs = self.kwargs | own
         x_adv = x.detach().clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for name, options in self.stages:
+        for name, family, options in self.stages:
             idx = (~fooled).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            family = name.split("-")[0]
             stage = {k: v for k, v in kwargs.items() if k in _SHARED + _OWN[family]}
             stage = {**options, **stage}  # the user's budget overrides the preset's
             if isinstance(stage["eps"], torch.Tensor) and stage["eps"].ndim == 1:
                 stage["eps"] = stage["eps"][idx]  # one radius per sample: the attacked ones'
             if family == "apgd":
-                xa, hit = attacks.apgd(model, x[idx], y[idx], **stage, early_stop=True,
-                                       return_success=True)  # fmt: skip
-            else:
-                xa, hit = attacks.square(model, x[idx], y[idx], **stage, return_success=True)
+                stage["early_stop"] = True  # the same outcome for less work
+            xa, hit = FUNCTIONS[family](model, x[idx], y[idx], **stage, return_success=True)
             x_adv[idx], fooled[idx] = xa, hit
             self.broken_by[name] += int(hit.sum())
         return x_adv, fooled

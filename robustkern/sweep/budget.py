@@ -31,12 +31,19 @@ from robustkern import attacks
 from robustkern._env import world
 from robustkern.costs import MEASURE_BATCH, ModelCost, measure
 from robustkern.evaluation import FUNCTIONS, PRESETS
+from robustkern.evaluation.presets import stages
 from robustkern.sweep.config import AttackSpec, Sweep, SweepError
 from robustkern.timebudget import minutes
 
 VERIFY_STEPS = 10  # min-norm's default PGD check (engine._min_norm_distances)
 # The options of a cascade's stages that the sweep's attack entry overrides (as Cascade does).
-_STAGE_OPTIONS = {"apgd": ("steps", "restarts"), "square": ("queries", "restarts")}
+_STAGE_OPTIONS = {
+    "apgd": ("steps", "restarts", "eot"),
+    "fab": ("steps", "restarts"),
+    "square": ("queries", "restarts"),
+}
+# FAB's untargeted step takes a backward per class; the budget assumes this many classes.
+FAB_CLASSES = 10
 
 
 def with_limit(sweep: Sweep, n: int) -> Sweep:
@@ -119,20 +126,19 @@ def passes(attack: AttackSpec, n_eps: int) -> tuple[float, float]:
     if attack.name == "min-norm":
         steps = params.get("steps", _default(attacks.min_norm, "steps"))
         return 1.0, float(steps + params.get("verify_steps", VERIFY_STEPS) * n_eps)
-    forwards, gradients = _passes_per_eps(attack.name, params)
+    forwards, gradients = _passes_per_eps(attack.name, params, attack.norm or "linf")
     return 1.0 + n_eps * forwards, n_eps * gradients
 
 
-def _passes_per_eps(name: str, params: dict) -> tuple[float, float]:
+def _passes_per_eps(name: str, params: dict, norm: str) -> tuple[float, float]:
     """(forwards, gradients) per example of one call of attack ``name`` at one eps."""
     if name == "fgsm":
         return 0.0, 1.0
     if name in PRESETS:  # a cascade: its stages one after the other, all in the worst case
         forwards = gradients = 0.0
-        for stage, options in PRESETS[name]:
-            family = stage.split("-")[0]
+        for _, family, options in stages(name, norm):
             own = {k: v for k, v in params.items() if k in _STAGE_OPTIONS[family]}
-            f, g = _passes_per_eps(family, {**options, **own})
+            f, g = _passes_per_eps(family, {**options, **own}, norm)
             forwards, gradients = forwards + f, gradients + g
         return forwards, gradients
     fn = FUNCTIONS[name]
@@ -143,8 +149,12 @@ def _passes_per_eps(name: str, params: dict) -> tuple[float, float]:
     if name == "square":  # one forward per query
         return float(value("queries") * value("restarts")), 0.0
     steps = value("steps") * value("restarts")
-    if name == "apgd" and params.get("targeted"):
+    if name in ("apgd", "fab") and params.get("targeted"):
         steps *= value("n_targets")
+    if name == "fab":  # a forward a step, and a backward per class untargeted
+        return float(steps), float(steps * (1 if params.get("targeted") else FAB_CLASSES))
+    if name in ("apgd", "pgd"):
+        steps *= params.get("eot", 1)
     return 0.0, float(steps)
 
 

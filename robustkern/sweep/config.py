@@ -35,11 +35,21 @@ ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
         "restarts": _POSITIVE_INT,
         "loss": ("ce", "margin"),
         "random_start": ("bool",),
+        "sparsity": ("number", lambda v: 0 < v <= 1, "in (0, 1]"),
+        "eot": _POSITIVE_INT,
     },
     "apgd": {
         "steps": _POSITIVE_INT,
         "restarts": _POSITIVE_INT,
         "loss": ("ce", "dlr"),
+        "targeted": ("bool",),
+        "n_targets": _POSITIVE_INT,
+        "large_eps": ("bool",),
+        "eot": _POSITIVE_INT,
+    },
+    "fab": {
+        "steps": _POSITIVE_INT,
+        "restarts": _POSITIVE_INT,
         "targeted": ("bool",),
         "n_targets": _POSITIVE_INT,
     },
@@ -55,6 +65,8 @@ ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
         "p_init": ("number", lambda v: 0 < v <= 1, "in (0, 1]"),
     },
     "standard": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "queries": _POSITIVE_INT},
+    "plus": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "queries": _POSITIVE_INT},
+    "rand": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "eot": _POSITIVE_INT},
     "fast": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT},
     "min-norm": {"steps": _POSITIVE_INT, "verify_steps": ("int", 0)},
 }
@@ -93,7 +105,7 @@ class ModelSpec:
 class AttackSpec:
     label: str  # how tables name it; defaults to the attack's name
     name: str
-    norm: str  # "linf" or "l2" ("" for "none")
+    norm: str  # "linf", "l2" or "l1" ("" for "none")
     eps: tuple[float, ...]  # ascending
     params: dict = field(default_factory=dict)
 
@@ -341,6 +353,8 @@ def _attack(table: dict, i: int, where: _Where) -> AttackSpec:
         norm = where.choice(table.get("norm"), NORMS, f"{what}: norm")
         if name == "fgsm" and norm != "linf":
             raise where.fail(f"{what}: fgsm is an L-inf attack (norm = 'linf')")
+        if name in ("adam", "min-norm") and norm == "l1":
+            raise where.fail(f"{what}: {name} runs in L-inf and L2 (norm = 'linf' or 'l2')")
         eps = _eps_list(table.get("eps"), f"{what}: eps", where)
     params = {
         key: _option(table[key], spec, f"{what}: {key}", where)
