@@ -136,3 +136,12 @@ def test_pgd_eot_counts_its_passes(noisy):
     assert (queries == 15).all()
     with pytest.raises(ValueError, match="eot"):
         pgd(linear, x[:8], y[:8], eps=0.1, eot=0)
+
+
+def test_cli_evaluates_in_l1_and_quotes_eps_in_input_units(capsys):
+    argv = ["evaluate", "--data", "digits", "--epochs", "2", "--norm", "l1", "--eps", "2",
+            "--preset", "fast", "--limit", "40", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fast (apgd-ce, apgd-t), l1, eps 2\n" in out and "/255" not in out
+    assert "robust accuracy:" in out

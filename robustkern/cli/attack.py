@@ -44,7 +44,8 @@ def run(args) -> int:
     kwargs = options(args)  # before the data: a flag the attack does not take stops here
     loaded = start(args)
     budget = "".join(f", {k} {kwargs[k]}" for k in ATTACK_FLAGS if k in kwargs)
-    print(f"attack: {args.attack} ({args.norm}, eps {eps_text(args.eps, args.bounds)}{budget})")
+    eps = eps_text(args.eps, args.bounds, args.norm)
+    print(f"attack: {args.attack} ({args.norm}, eps {eps}{budget})")
     result = robustkern.evaluate(
         loaded.model, (loaded.x_test, loaded.y_test), args.attack, batch_size=args.batch_size,
         device=args.device, progress=not args.no_progress, budget=args.budget, **kwargs,

@@ -55,7 +55,7 @@ def run(args) -> int:
     loaded = start(args)
     attacks_run = ", ".join(name for name, _, _ in stages(args.preset, args.norm))
     print(f"evaluation: {args.preset} ({attacks_run}), {args.norm}, eps "
-          f"{eps_text(args.eps, args.bounds)}")  # fmt: skip
+          f"{eps_text(args.eps, args.bounds, args.norm)}")  # fmt: skip
     result = robustkern.evaluate(
         loaded.model, (loaded.x_test, loaded.y_test), args.preset, eps=args.eps, norm=args.norm,
         generator=torch.Generator(args.device).manual_seed(args.seed),

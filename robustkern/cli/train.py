@@ -32,7 +32,7 @@ def run(args) -> int:
     factory, train, val, test = training_setup(args)
     methods = args.method.split(",")
     config = fit_config(args).replace(checkpoint_every=args.checkpoint_every)
-    say(f"training: {', '.join(methods)} at eps {eps_text(args.eps, args.bounds)}, "
+    say(f"training: {', '.join(methods)} at eps {eps_text(args.eps, args.bounds, args.norm)}, "
         f"{args.epochs} epochs -> {args.out}")  # fmt: skip
     result = training.compare(
         factory, (train, test), methods, args.eps, attack_steps=args.eval_steps, val_data=val,
@@ -41,7 +41,7 @@ def run(args) -> int:
     for method, history in zip(result.methods, result.histories, strict=True):
         say(f"\n{method}:\n{history.table()}")
     say(f"\ntest accuracy (%), clean and PGD-{args.eval_steps} at eps "
-        f"{eps_text(args.eps, args.bounds)}:")  # fmt: skip
+        f"{eps_text(args.eps, args.bounds, args.norm)}:")  # fmt: skip
     say(result.table())
     where = Path(args.out)
     say(f"wrote {where / 'tradeoff.json'}, training.png; model.pt and result.json per run")

@@ -206,8 +206,9 @@ def _labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def eps_text(eps: float, bounds: tuple[float, float] = (0.0, 1.0)) -> str:
-    """eps in the input's units, and as k/255 where bounds are (0, 1), as the literature has it."""
-    if tuple(bounds) == (0.0, 1.0):
+def eps_text(eps: float, bounds: tuple[float, float] = (0.0, 1.0), norm: str = "linf") -> str:
+    """eps in the input's units, and, for L-inf where bounds are (0, 1), as k/255, as the
+    literature has it (L2 and L1 radii are quoted in the inputs' units: 0.5, 12)."""
+    if norm == "linf" and tuple(bounds) == (0.0, 1.0):
         return f"{eps:g} (= {eps * 255:.4g}/255)"
     return f"{eps:g}"

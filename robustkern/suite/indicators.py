@@ -61,7 +61,7 @@ def masking(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
         summary += " (the transfer indicator needs a second model)"
     table = {
         "title": f"on {len(x)} test images at {suite.threat.norm} eps "
-        f"{eps_text(suite.threat.eps, suite.bounds)}",
+        f"{eps_text(suite.threat.eps, suite.bounds, suite.threat.norm)}",
         "columns": ["indicator", "verdict", "value", "what was measured"],
         "rows": [[i.name, i.verdict, f"{i.value:.4g}", i.detail] for i in found],
     }

@@ -232,7 +232,7 @@ def _threats(shape, norm: str, eps: float | None, bounds) -> list[Threat]:
         raise ValueError(f"eps must be > 0, got {eps}")
     main = next(t for t in known if t.norm == norm)
     if eps is not None:
-        main = Threat(norm, float(eps), f"given (literature: {eps_text(main.eps, bounds)})")
+        main = Threat(norm, float(eps), f"given (literature: {eps_text(main.eps, bounds, norm)})")
     return [main, *(t for t in known if t.norm != norm)]
 
 

@@ -67,8 +67,8 @@ def _grade(suite: Suite, results: list, steps: int) -> Outcome:
     summary = (
         f"robust accuracy {result.interval_text('robust')} (clean "
         f"{result.interval_text('clean')}) under {stages} at {threat.norm} eps "
-        f"{eps_text(threat.eps, suite.bounds)} on {result.n} images, {percent(kept[worst])} of "
-        "the clean accuracy kept"
+        f"{eps_text(threat.eps, suite.bounds, threat.norm)} on {result.n} images, "
+        f"{percent(kept[worst])} of the clean accuracy kept"
     )
     if result.note:
         summary += " (randomised model: AutoAttack's rand version, judged over 10 forwards)"
@@ -90,7 +90,7 @@ def _table(suite: Suite, results: list, steps: int) -> dict:
     for t, r in zip(suite.threats, results, strict=True):
         after = dict(r.after_each_attack())
         rows.append([
-            t.norm, eps_text(t.eps, suite.bounds), r.interval_text("clean"),
+            t.norm, eps_text(t.eps, suite.bounds, t.norm), r.interval_text("clean"),
             *(percent_with_interval(round(after[k] * r.n), r.n) for k in names),
             r.interval_text("robust"), t.source,
         ])  # fmt: skip
@@ -181,7 +181,8 @@ def _draw(suite: Suite, points) -> dict:
                     textcoords="offset points")  # fmt: skip
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(f"{suite.threat.norm}, eps {eps_text(suite.threat.eps, suite.bounds)}")
+    threat = suite.threat
+    ax.set_title(f"{threat.norm}, eps {eps_text(threat.eps, suite.bounds, threat.norm)}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return suite.save(fig, "tradeoff", caption="clean against robust accuracy, one point per model")

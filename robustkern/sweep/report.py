@@ -62,7 +62,7 @@ def table(cells: list[dict], fmt: str = "markdown") -> str:
     rows = []
     for c in cells:
         where = (c["model"], c["attack"], c["norm"] or "-",
-                 eps_text(c["eps"]) if c["norm"] else "-", c["n"])  # fmt: skip
+                 eps_text(c["eps"], norm=c["norm"]) if c["norm"] else "-", c["n"])  # fmt: skip
         if fmt == "csv":
             accuracies = tuple(_pct(c[f"{kind}{part}"]) for kind in ("clean", "robust")
                                for part in ("_accuracy", "_low", "_high"))  # fmt: skip
@@ -91,7 +91,7 @@ def agreement(cells: list[dict], outcomes: Callable[[int], list[dict]] | None = 
             diff = 100 * (c["robust_accuracy"] - other["robust_accuracy"])
             paired = _paired_test(outcomes(c["id"]), outcomes(other["id"])) if outcomes else "-"
             rows.append(
-                (c["model"], c["norm"], eps_text(c["eps"]), f"{c['attack']}",
+                (c["model"], c["norm"], eps_text(c["eps"], norm=c["norm"]), f"{c['attack']}",
                  _with_interval(c, "robust"), other["attack"], _with_interval(other, "robust"),
                  f"{diff:+.1f}", paired)
             )  # fmt: skip
