@@ -49,9 +49,9 @@ def test_standard_against_autoattack(report, pgd_at, norm, eps):
                                generator=seed, progress=False)  # fmt: skip
     ours_s = time.perf_counter() - start
     attack = AutoAttack(model, norm=AA_NORM[norm], eps=eps, version="standard", device="cpu",
-                        verbose=False, seed=0)  # fmt: skip
+                        seed=0)  # fmt: skip
     start = time.perf_counter()
-    x_adv = attack.run_standard_evaluation(x, y, bs=BATCH)
+    x_adv = attack.run_standard_evaluation(x, y, batch_size=BATCH)
     theirs_s = time.perf_counter() - start
     theirs = _robust(model, x_adv, y)
     report.table(TITLE, ["norm, eps", "evaluation", "robust accuracy", "seconds", "speed-up"])

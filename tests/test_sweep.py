@@ -696,3 +696,25 @@ def test_image_folder_of_mixed_sizes_needs_image_size(tmp_path):
     path.write_text('[data]\npath = "imgs"\n' + RANDOM_CNN + PGD)
     with pytest.raises(ValueError, match="pass image_size"):
         engine.load_data(sweep.load(path))
+
+
+def test_sweep_files_name_fab_autoattacks_versions_and_l1(tmp_path):
+    """The presets and FAB by name, L1 where the attack runs it, and a clear refusal where not."""
+    body = RANDOM_CNN + "".join(
+        f'\n[[attacks]]\nname = "{name}"\nnorm = "{norm}"\neps = [{eps}]\n{extra}\n'
+        for name, norm, eps, extra in [
+            ("fab", "l2", 1.0, "targeted = true\nn_targets = 3"),
+            ("plus", "linf", 0.1, "steps = 5"),
+            ("rand", "linf", 0.1, "eot = 4"),
+            ("apgd", "l1", 5.0, "large_eps = false"),
+            ("standard", "l1", 5.0, ""),
+        ]
+    )
+    loaded = sweep.load(write_sweep(tmp_path, body))
+    assert [(a.name, a.norm) for a in loaded.attacks] == [
+        ("fab", "l2"), ("plus", "linf"), ("rand", "linf"), ("apgd", "l1"), ("standard", "l1"),
+    ]  # fmt: skip
+    assert loaded.attacks[2].params == {"eot": 4}
+    bad = RANDOM_CNN + '\n[[attacks]]\nname = "min-norm"\nnorm = "l1"\neps = [1.0]\n'
+    with pytest.raises(sweep.SweepError, match="min-norm runs in L-inf and L2"):
+        sweep.load(write_sweep(tmp_path, bad))
