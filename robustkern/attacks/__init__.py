@@ -10,11 +10,16 @@ Building blocks for new attacks: ``losses``, ``gradients`` (the input's gradient
 
 from robustkern.attacks.adam import adam_pgd
 from robustkern.attacks.apgd import apgd
+from robustkern.attacks.cw import cw
+from robustkern.attacks.ddn import ddn
+from robustkern.attacks.deepfool import deepfool
 from robustkern.attacks.fab import fab
 from robustkern.attacks.fgsm import fgsm
+from robustkern.attacks.hop_skip_jump import hop_skip_jump
 from robustkern.attacks.lbfgs import lbfgs
 from robustkern.attacks.min_norm import average_distortion, min_norm, robust_accuracy_curve
 from robustkern.attacks.pgd import NORMS, GraphedPGD, pgd
+from robustkern.attacks.rays import rays
 from robustkern.attacks.square import square
 
 __all__ = [
@@ -23,11 +28,16 @@ __all__ = [
     "adam_pgd",
     "apgd",
     "average_distortion",
+    "cw",
+    "ddn",
+    "deepfool",
     "fab",
     "fgsm",
+    "hop_skip_jump",
     "lbfgs",
     "min_norm",
     "pgd",
+    "rays",
     "robust_accuracy_curve",
     "square",
 ]
