@@ -52,6 +52,8 @@ def test_standard_against_autoattack(report, pgd_at, norm, eps):
                         seed=0)  # fmt: skip
     start = time.perf_counter()
     x_adv = attack.run_standard_evaluation(x, y, batch_size=BATCH)
+    if isinstance(x_adv, tuple):  # pyautoattack 0.2 returns (x_adv, labels)
+        x_adv = x_adv[0]
     theirs_s = time.perf_counter() - start
     theirs = _robust(model, x_adv, y)
     report.table(TITLE, ["norm, eps", "evaluation", "robust accuracy", "seconds", "speed-up"])

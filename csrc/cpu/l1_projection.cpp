@@ -39,33 +39,22 @@ inline A room(A v, A x0, A lo, A hi) {
   return max_of(v >= A(0) ? hi - x0 : x0 - lo, A(0));
 }
 
-// lam >= 0, the smallest threshold with f(lam) <= eps, given f(0) = f0 > eps, the largest |v_i|
-// `top` (f(top) = 0) and the coordinates that can move (mag > 0, cap > 0); `live` is reordered.
-// Pivots alternate between the secant of f over the bracket (exact once f is linear there, and
-// close to lam long before) and a pseudo-random live breakpoint (which always retires some).
-double l1_threshold(std::vector<Coordinate>& live, double f0, double top, double eps) {
-  double lo = 0.0, hi = top, f_lo = f0, f_hi = 0.0;  // f(lo) > eps >= f(hi)
+// lam >= 0, the smallest threshold with f(lam) <= eps, given f(0) = f0 > eps and the
+// coordinates that can move (mag > 0, cap > 0); `live` is reordered.
+double l1_threshold(std::vector<Coordinate>& live, double f0, double eps) {
+  double lo = 0.0, hi = 0.0;  // f(lo) > eps >= f(hi)
+  for (const Coordinate& c : live) hi = std::max(hi, c.mag);
   double constant = 0.0, slope = 0.0;  // retired coordinates contribute constant - slope * lam
   size_t m = live.size();
   uint64_t state = 0x9E3779B97F4A7C15ull;  // the pivot's pseudo-random choice; the result is exact
-  for (int round = 0; m > 0; ++round) {
-    double pivot = lo + (f_lo - eps) * (hi - lo) / (f_lo - f_hi);
-    if (round % 2 == 1 || !(pivot > lo && pivot < hi)) {
-      state = state * 6364136223846793005ull + 1442695040888963407ull;
-      const Coordinate& c = live[(state >> 33) % m];
-      const double enter = c.mag - c.cap;  // every live coordinate has a breakpoint in (lo, hi)
-      pivot = enter > lo && enter < hi ? enter : c.mag;
-    }
+  while (m > 0) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const Coordinate& c = live[(state >> 33) % m];
+    const double enter = c.mag - c.cap;  // every live coordinate has a breakpoint in (lo, hi)
+    const double pivot = enter > lo && enter < hi ? enter : c.mag;
     double f = constant - slope * pivot;
     for (size_t j = 0; j < m; ++j) f += std::min(std::max(live[j].mag - pivot, 0.0), live[j].cap);
-    if (f == eps) return pivot;
-    if (f > eps) {
-      lo = pivot;
-      f_lo = f;
-    } else {
-      hi = pivot;
-      f_hi = f;
-    }
+    (f > eps ? lo : hi) = pivot;
     size_t kept = 0;
     for (size_t j = 0; j < m; ++j) {
       const Coordinate cj = live[j];
@@ -98,18 +87,15 @@ void l1_project_sample(T* xa, const T* xn, int64_t d, double eps, A lo, A hi, co
   }
   if (std::isfinite(eps)) {
     live.clear();
-    double f0 = 0.0, top = 0.0;
+    double f0 = 0.0;
     for (int64_t j = 0; j < d; ++j) {
       const A v = delta(j), x0 = static_cast<A>(xn[j]);
       const double mag = std::fabs(static_cast<double>(v));
       const double cap = static_cast<double>(room(v, x0, lo, hi));
       f0 += std::min(mag, cap);
-      if (mag > 0 && cap > 0) {
-        live.push_back({mag, cap});
-        top = std::max(top, mag);
-      }
+      if (mag > 0 && cap > 0) live.push_back({mag, cap});
     }
-    if (f0 > eps) lam = static_cast<A>(l1_threshold(live, f0, top, eps));
+    if (f0 > eps) lam = static_cast<A>(l1_threshold(live, f0, eps));
   }
   for (int64_t j = 0; j < d; ++j) {
     const A v = delta(j), x0 = static_cast<A>(xn[j]);

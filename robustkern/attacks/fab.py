@@ -103,10 +103,10 @@ def fab(
         return_success, return_norms, return_queries: the extras every attack returns after
             ``x_adv`` in this order (``robustkern.attacks.results``): norms are the distances
             found in ``norm`` (0 for a sample already misclassified, inf where none, and x_adv
-            is x there); queries count the gradient passes on the samples attacked (eot a
-            step, however many backward passes their Jacobian takes; the pass at a new point
-            also scores it; a point that steps back after an adversarial one takes eot more)
-            and the final bisection's 12 forwards where it ran.
+            is x there); queries count 1 + eot model passes a step (the gradient passes,
+            however many backward passes their Jacobian takes, and the forward that scores
+            the new point) on the samples attacked, and the final bisection's 12 forwards where it
+            ran.
 
     Returns:
         x_adv (x's dtype and shape), then the extras asked for.
@@ -211,30 +211,19 @@ class _Run:
         s = {"row": torch.arange(n, device=device), "x0": x0, "x1": start, "y": y, "limit": limit}
         if target is not None:
             s["target"] = target
-        s["gap"], s["w"], _ = self._boundary(s, s["x1"])
-        s["stale"] = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(self.steps):
             self._step(s)
             if self.bounded and not self._drop_done(s):
                 break
-            self._refresh(s)
         return self.best, self.size, self.passes
 
-    def _boundary(self, s, x):
-        """(gap, w, logits) at x for the samples of s (eot gradient passes each)."""
-        self.passes[s["row"]] += self.eot
-        return _boundary(self.model, x, s["y"], s.get("target"), self.norm, self.labels,
-                         self.eot)  # fmt: skip
-
     def _step(self, s):
-        """One step from x1 with the boundary known there. The gradient pass at the new point
-        also scores it (its logits) and, where it is not adversarial and so becomes the next
-        x1, gives the next step's boundary: one pass a step instead of a gradient and a
-        forward. Where it is adversarial x1 steps back towards x and its boundary is stale."""
         x0, x1, rows = s["x0"], s["x1"], s["row"]
+        gap, w = _boundary(self.model, x1, s["y"], s.get("target"), self.norm, self.labels,
+                           self.eot)  # fmt: skip
         t, o = x1.flatten(1).to(self.work), x0.flatten(1).to(self.work)
-        w = s["w"].to(self.work)
-        b = s["gap"].to(self.work) - (w * t).sum(1)  # the hyperplane <w, z> + b = 0
+        w = w.to(self.work)
+        b = gap.to(self.work) - (w * t).sum(1)  # the hyperplane <w, z> + b = 0
         d = hyperplane_step(torch.cat((t, o)), torch.cat((w, w)), torch.cat((b, b)), self.norm,
                             self.bounds)  # fmt: skip
         d1, d2 = d.chunk(2)
@@ -243,7 +232,9 @@ class _Run:
         alpha = (a1 / (a1 + a2)).clamp(0, self.alpha_max)[:, None]
         z = (t + self.eta * d1) * (1 - alpha) + (o + self.eta * d2) * alpha
         x_new = z.clamp(*self.bounds).reshape(x1.shape).to(x1.dtype)
-        s["gap"], s["w"], logits = self._boundary(s, x_new)
+        with torch.no_grad():
+            logits = self.model(x_new)
+        self.passes[rows] += 1 + self.eot
         # NaN logits would win argmax: such a point is not counted as adversarial
         adv = (logits.argmax(1) != s["y"]) & logits.isfinite().all(1)
         size = _size((x_new - x0).flatten(1).to(self.work), self.norm)
@@ -252,16 +243,6 @@ class _Run:
         self.size[rows] = torch.where(smaller, size, self.size[rows])
         # back towards x after an adversarial point: approach the boundary from both sides
         s["x1"] = torch.where(broadcast(adv, x_new), x0 + self.beta * (x_new - x0), x_new)
-        s["stale"] = adv
-
-    def _refresh(self, s):
-        """The boundary at x1 where x1 stepped back (one host sync to find them)."""
-        idx = s["stale"].nonzero().squeeze(1)
-        if idx.numel() == 0:
-            return
-        sub = {k: s[k][idx] for k in ("row", "y", "target") if k in s}
-        gap, w, _ = self._boundary(sub, s["x1"][idx])
-        s["gap"][idx], s["w"][idx] = gap, w
 
     def _drop_done(self, s) -> bool:
         """Removes the samples with a point within their limit; False when none is left."""
@@ -301,24 +282,23 @@ def _tighten(model, x_nat, y, best, best_norm, queries, which, norm, work) -> No
 
 
 def _boundary(model, x1, y, target, norm, labels, eot=1):
-    """(gap (N,), w (N, D), logits): the linearised boundary g(z) = gap + <w, z - x1> at x1
-    between y and the target (f_target - f_y), or untargeted the class j whose boundary
-    f_j - f_y = 0 is nearest in ``norm`` (|gap_j| / ||w_j||_dual). Classes whose gradient
-    difference is zero or not finite are skipped; where no class is left, gap and w are 0 (the
-    step stands still).
+    """(gap (N,), w (N, D)): the linearised boundary g(z) = gap + <w, z - x1> at x1 between y
+    and the target (f_target - f_y), or untargeted the class j whose boundary f_j - f_y = 0 is
+    nearest in ``norm`` (|gap_j| / ||w_j||_dual). Classes whose gradient difference is zero or
+    not finite are skipped; where no class is left, gap and w are 0 (the step stands still).
     ``eot`` > 1: from the logits and gradients averaged over that many passes."""
     if target is not None:
-        grad, logits, gap = loss_and_grad(
+        grad, _, gap = loss_and_grad(
             model, x1, lambda z: z.gather(1, target[:, None]).squeeze(1)
             - z.gather(1, y[:, None]).squeeze(1), labels, eot,
         )  # fmt: skip
         _, gap, w = _usable(gap[None], grad.flatten(1)[None], norm, None)
-        return gap, w, logits
+        return gap, w
     if eot > 1:  # every class's row, averaged over the passes, then the nearest boundary
-        gap, rows, logits = _mean_jacobian(model, x1, y, labels, eot)
+        gap, rows = _mean_jacobian(model, x1, y, labels, eot)
         _, gap, w = _usable(gap.T, rows, norm, torch.arange(gap.shape[1], device=x1.device)[
             :, None] == y)  # fmt: skip
-        return gap, w, logits
+        return gap, w
     with torch.enable_grad():
         xg = x1.detach().requires_grad_(True)
         logits = model(xg)
@@ -338,12 +318,12 @@ def _boundary(model, x1, y, target, norm, labels, eot=1):
             js = torch.arange(first, min(first + chunk, classes), device=x1.device)
             rows = _jacobian_rows(diff, xg, js).flatten(2)  # (len(js), N, D)
             best = _nearer(best, _usable(gap[:, js].T, rows, norm, js[:, None] == y))
-    return best[1], best[2], logits.detach()
+    return best[1], best[2]
 
 
 def _mean_jacobian(model, x1, y, labels, eot):
     """(f_j - f_y (N, classes), their gradients (classes, N, D)), each averaged over ``eot``
-    forward and backward passes, and the last pass's logits."""
+    forward and backward passes."""
     gap_sum = rows_sum = None
     for _ in range(eot):
         with torch.enable_grad():
@@ -355,7 +335,7 @@ def _mean_jacobian(model, x1, y, labels, eot):
             rows = _jacobian_rows(diff, xg, js).flatten(2)
         gap_sum = diff.detach() if gap_sum is None else gap_sum + diff.detach()
         rows_sum = rows if rows_sum is None else rows_sum + rows
-    return gap_sum / eot, rows_sum / eot, logits.detach()
+    return gap_sum / eot, rows_sum / eot
 
 
 def _usable(gap, rows, norm, excluded):
