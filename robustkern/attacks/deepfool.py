@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from robustkern.attacks.gradients import GradientUnavailable
+from robustkern.attacks.gradients import jacobian_rows
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast
 from robustkern.checks import check_choice, check_inputs, check_logits, warn_if_probabilities
@@ -168,29 +168,8 @@ def _linearise(model, x, classes, labels, with_grad: bool):
         warn_if_probabilities(model, logits)
         z = logits.gather(1, classes)
         gap = z[:, 1:] - z[:, :1]
-        rows = _gradients(gap, xg)
+        rows = jacobian_rows(gap, xg, torch.arange(gap.shape[1], device=gap.device))
     return logits.detach(), gap.detach(), rows.flatten(2).transpose(0, 1)
-
-
-def _gradients(out: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
-    """d out[:, j] / d xg for every column j of out (N, J): (J, N, ...). One batched backward
-    (vmap) where the model supports it, else one backward per column."""
-    j = out.shape[1]
-    onehot = torch.zeros(j, *out.shape, dtype=out.dtype, device=out.device)
-    onehot[torch.arange(j), :, torch.arange(j)] = 1
-    try:
-        (rows,) = torch.autograd.grad(
-            out, xg, onehot, retain_graph=True, is_grads_batched=True, allow_unused=True
-        )
-    except RuntimeError:  # an op without a batching rule: the loop gives the same rows
-        rows = torch.stack([torch.autograd.grad(out, xg, g, retain_graph=True,
-                                                allow_unused=True)[0] for g in onehot])  # fmt: skip
-    if rows is None:
-        raise GradientUnavailable(
-            "the model's logits do not depend on its input through autograd; DeepFool cannot "
-            "run: use a black-box attack (square)"
-        )
-    return rows
 
 
 def _size(d: torch.Tensor, norm: str) -> torch.Tensor:

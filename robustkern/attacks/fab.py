@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from robustkern.attacks.gradients import GradientUnavailable, loss_and_grad
+from robustkern.attacks.gradients import GradientUnavailable, jacobian_rows, loss_and_grad
 from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast
 from robustkern.checks import (
@@ -316,7 +316,7 @@ def _boundary(model, x1, y, target, norm, labels, eot=1):
         best = None
         for first in range(0, classes, chunk):
             js = torch.arange(first, min(first + chunk, classes), device=x1.device)
-            rows = _jacobian_rows(diff, xg, js).flatten(2)  # (len(js), N, D)
+            rows = jacobian_rows(diff, xg, js).flatten(2)  # (len(js), N, D)
             best = _nearer(best, _usable(gap[:, js].T, rows, norm, js[:, None] == y))
     return best[1], best[2]
 
@@ -332,7 +332,7 @@ def _mean_jacobian(model, x1, y, labels, eot):
             check_logits(logits, x1.shape[0], labels)
             diff = logits - logits.gather(1, y[:, None])
             js = torch.arange(diff.shape[1], device=x1.device)
-            rows = _jacobian_rows(diff, xg, js).flatten(2)
+            rows = jacobian_rows(diff, xg, js).flatten(2)
         gap_sum = diff.detach() if gap_sum is None else gap_sum + diff.detach()
         rows_sum = rows if rows_sum is None else rows_sum + rows
     return gap_sum / eot, rows_sum / eot
@@ -360,23 +360,6 @@ def _nearer(a, b):
     take = b[0] < a[0]
     return (torch.where(take, b[0], a[0]), torch.where(take, b[1], a[1]),
             torch.where(take[:, None], b[2], a[2]))  # fmt: skip
-
-
-def _jacobian_rows(out, xg, js):
-    """d out[:, j] / d x for each class j in ``js``: (len(js), N, ...). One batched backward
-    (vmap) where the model supports it, else one backward per class."""
-    onehot = torch.zeros(len(js), *out.shape, dtype=out.dtype, device=out.device)
-    onehot[torch.arange(len(js)), :, js] = 1
-    try:
-        (rows,) = torch.autograd.grad(
-            out, xg, onehot, retain_graph=True, is_grads_batched=True, allow_unused=True
-        )
-    except RuntimeError:  # an op without a batching rule: the loop gives the same rows
-        rows = torch.stack([torch.autograd.grad(out, xg, g, retain_graph=True,
-                                                allow_unused=True)[0] for g in onehot])  # fmt: skip
-    if rows is None:
-        raise GradientUnavailable("the model's logits do not depend on its input; FAB cannot run")
-    return rows
 
 
 def hyperplane_step(

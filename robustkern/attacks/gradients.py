@@ -65,3 +65,24 @@ def _one_pass(model, x, loss_fn, labels):
             "cannot run: use a black-box attack (square) and robustkern.evaluation.indicators"
         )
     return grad, logits.detach(), loss.detach()
+
+
+def jacobian_rows(out: torch.Tensor, xg: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """d out[:, j] / d xg for each column j in ``columns``: (len(columns), N, ...). One batched
+    backward (vmap) where the model supports it, else one backward per column; the graph is
+    retained. FAB and DeepFool linearise several classes' boundaries with it."""
+    onehot = torch.zeros(len(columns), *out.shape, dtype=out.dtype, device=out.device)
+    onehot[torch.arange(len(columns)), :, columns] = 1
+    try:
+        (rows,) = torch.autograd.grad(
+            out, xg, onehot, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+    except RuntimeError:  # an op without a batching rule: the loop gives the same rows
+        rows = torch.stack([torch.autograd.grad(out, xg, g, retain_graph=True,
+                                                allow_unused=True)[0] for g in onehot])  # fmt: skip
+    if rows is None:
+        raise GradientUnavailable(
+            "the model's logits do not depend on its input through autograd; this attack cannot "
+            "run: use a black-box attack (square)"
+        )
+    return rows
