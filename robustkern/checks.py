@@ -102,8 +102,8 @@ def likely_eps(eps: float, norm: str, bounds: tuple[float, float], numel: int) -
     units); None when eps is plausible. (Not a quarter of the width: MNIST's standard 0.3 is
     more than that.)"""
     width = float(bounds[1]) - float(bounds[0])
-    if not (math.isfinite(width) and width > 0 and math.isfinite(eps)):
-        return None
+    if norm == "l0" or not (math.isfinite(width) and width > 0 and math.isfinite(eps)):
+        return None  # an L0 budget counts coordinates or pixels, in no unit to mistake
     if norm == "linf":
         return eps * width / 255 if eps >= width / 2 else None
     limit = width * (max(numel, 1) if norm == "l1" else math.sqrt(max(numel, 1)))

@@ -55,7 +55,7 @@ def test_evaluate_runs_the_cascade_and_the_indicators(capsys, tmp_path):
     report = json.loads(out_json.read_text())
     assert report["preset"] == "fast" and report["n"] == 60
     assert 0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1
-    assert len(report["indicators"]) == 10
+    assert len(report["indicators"]) == 11
     assert {i["verdict"] for i in report["indicators"]} <= {"pass", "warn", "fail"}
 
 
@@ -69,6 +69,9 @@ def test_evaluate_runs_the_cascade_and_the_indicators(capsys, tmp_path):
         (["--attack", "adam"], "steps 100, loss ce"),  # the function's defaults, printed
         (["--attack", "fab", "--steps", "5"], "steps 5, restarts 1, eot 1"),
         (["--attack", "square", "--queries", "30"], "restarts 1, queries 30"),
+        (["--attack", "rays", "--queries", "30"], "queries 30"),
+        (["--attack", "deepfool", "--norm", "linf", "--steps", "5"], "steps 5"),
+        (["--attack", "hop_skip_jump", "--norm", "linf", "--queries", "60"], "queries 60"),
     ],
 )
 def test_attack_runs_each_attack_with_its_budget(capsys, options, budget):
@@ -86,7 +89,8 @@ def test_attack_runs_each_attack_with_its_budget(capsys, options, budget):
         (["--attack", "square", "--alpha", "0.1"], "--attack square takes no --alpha"),
         (["--attack", "apgd", "--loss", "margin"], "--attack apgd takes --loss ce or dlr"),
         (["--attack", "pgd", "--loss", "dlr"], "--attack pgd takes --loss ce or margin"),
-        (["--attack", "fgsm", "--norm", "l2"], "fgsm is an L-inf attack"),
+        (["--attack", "fgsm", "--norm", "l2"], "fgsm attacks in linf, not 'l2'"),
+        (["--attack", "cw", "--norm", "linf"], "cw attacks in l2, not 'linf'"),
     ],
 )
 def test_attack_options_it_cannot_take_stop_before_any_work(capsys, monkeypatch, options, message):

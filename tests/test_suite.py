@@ -132,6 +132,11 @@ def test_the_contrast_between_a_standard_and_a_trained_model(full_report):
     assert distortion[1] > distortion[0]  # the trained model needs larger perturbations
     same_size = figures[("min_distortion", "standard")]
     assert same_size["error_same_size_noise"] < same_size["error_adversarial"]
+    # beside L-BFGS: FMN, DDN and CW, in the same table, each flipping images
+    l2 = next(t for c in result["checks"] if c["name"] == "min_distortion" for t in c["tables"]
+              if t["title"].startswith("minimum L2"))  # fmt: skip
+    assert [row[0] for row in l2["rows"]] == ["L-BFGS", "FMN", "DDN", "CW"]
+    assert all(0 < same_size["median_l2"][a] < 10 for a in ("FMN", "DDN", "CW"))
 
 
 def two_names():

@@ -171,7 +171,7 @@ kwargs = { in_channels = 1, num_classes = 10, width = 16 }
         (CNN.format(name="m") + PGD.replace("0.05,", "-0.05,"), "not a finite number >= 0"),
         (CNN.format(name="m") + PGD.replace("0.05,", '"8/0",'), "not a finite number >= 0"),
         (CNN.format(name="m") + PGD.replace('name = "pgd"', 'name = "fgsm"').replace(
-            "steps = 5", "").replace('"linf"', '"l2"'), "fgsm is an L-inf attack"),
+            "steps = 5", "").replace('"linf"', '"l2"'), "fgsm attacks in linf, not 'l2'"),
         (CNN.format(name="m") + CNN.format(name="m") + PGD, "repeated: ['m']"),
         (CNN.format(name="m") + PGD + PGD, "give repeated attacks a distinct label"),
         (CNN.format(name="m").replace("robustkern.models:small_cnn", "nowhere.mod:f") + PGD,
@@ -289,6 +289,30 @@ steps = 100
         assert o["robust_correct"] == int(o["clean_correct"] == 1 and o["distance"] > 0.1)
     report = sweep.write_report(path)
     assert "Minimum-norm curve against fixed-eps attacks" in report
+
+
+def test_minimum_norm_attacks_answer_every_eps_from_one_run(tmp_path, cnn):
+    body = CNN.format(name="cnn") + "".join(
+        f'[[attacks]]\nname = "{name}"\nnorm = "l2"\neps = [0.5, 1.0, 2.0]\nsteps = 20\n'
+        for name in ("ddn", "deepfool")
+    )
+    path = write_sweep(tmp_path, body, cnn)
+    engine.run(sweep.load(path), progress=False, log=lambda _: None)
+    with sweep.Store(tmp_path / "results.db") as db:
+        cells = db.cells()
+        assert {(c["attack"], c["share"]) for c in cells} == {
+            ("ddn", "distance"),
+            ("deepfool", "distance"),
+        }
+        for c in cells:
+            outcomes = db.outcomes(c["id"])
+            for o in outcomes:  # robust exactly when correct and the distance exceeds eps
+                assert o["robust_correct"] == int(
+                    o["clean_correct"] == 1 and o["distance"] > c["eps"]
+                )
+        acc = {(c["attack"], c["eps"]): c["robust_accuracy"] for c in cells}
+    assert acc["ddn", 0.5] >= acc["ddn", 1.0] >= acc["ddn", 2.0]
+    assert acc["ddn", 0.5] > acc["ddn", 2.0]  # the grid spans something
 
 
 def test_store_schema_is_documented_and_queryable(tmp_path, cnn):
@@ -576,6 +600,11 @@ def test_budget_counts_passes_and_the_busiest_rank():
     assert budget.passes(spec("rand", steps=10), 1) == (1, 2 * 10 * 20)  # two APGDs, EoT 20
     assert budget.passes(spec("fab", steps=10), 1) == (11, 10 * budget.FAB_CLASSES)
     assert budget.passes(spec("none"), 1) == (1, 0)
+    # minimum-norm attacks: one run for every eps
+    assert budget.passes(spec("cw", steps=10, binary_steps=3), 2) == (1, 30)
+    assert budget.passes(spec("deepfool", steps=5, candidates=4), 3) == (1, 20)
+    assert budget.passes(spec("hop_skip_jump", queries=100), 3) == (101, 0)
+    assert budget.passes(spec("rays", queries=100), 2) == (201, 0)  # bounded: per eps
     # 24-example batches over 2 ranks: rank 0 takes batches 0, 2, ...
     assert budget.largest_fitting(1.0, 30, 200, 24, 1) == 30
     assert budget.largest_fitting(1.0, 30, 200, 24, 2) == 54  # 24 + 6 on rank 0

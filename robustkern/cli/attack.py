@@ -14,6 +14,7 @@ from robustkern.attacks.losses import LOSSES
 from robustkern.cli.options import COUNT, POSITIVE, RADIUS, add_model
 from robustkern.cli.setup import start
 from robustkern.data import eps_text
+from robustkern.evaluation.single import SINGLE, norm_for
 
 # Flags that go to the attack function when it takes them.
 ATTACK_FLAGS = ("steps", "restarts", "loss", "alpha", "queries", "eot")
@@ -22,14 +23,18 @@ ATTACK_FLAGS = ("steps", "restarts", "loss", "alpha", "queries", "eot")
 def add_parser(sub) -> None:
     p = sub.add_parser("attack", help="clean and robust accuracy of a model under an attack")
     add_model(p)
-    p.add_argument("--attack", choices=tuple(evaluation.FUNCTIONS), default="pgd")
-    p.add_argument("--norm", choices=NORMS, default="linf")
+    p.add_argument(
+        "--attack", choices=tuple(SINGLE), default="pgd",
+        help="bounded: pgd apgd fab adam square rays fgsm; minimum-norm, counted where the "
+        "distance is within eps: cw ddn deepfool min_norm hop_skip_jump (default pgd)",
+    )  # fmt: skip
+    p.add_argument("--norm", choices=(*NORMS, "l0"), help="default: the attack's first norm")
     p.add_argument("--eps", type=RADIUS, default=0.3, help="radius in input units (0..1)")
     p.add_argument("--steps", type=POSITIVE, help="iterations (10 for pgd, 100 for apgd, adam)")
     p.add_argument("--alpha", type=RADIUS, help="pgd's step size (2.5*eps/steps)")
     p.add_argument("--restarts", type=POSITIVE, help="pgd, apgd, square (1)")
     p.add_argument("--loss", choices=("ce", "margin", "dlr"), help="ce (default), margin, dlr")
-    p.add_argument("--queries", type=POSITIVE, help="square's query budget (5000)")
+    p.add_argument("--queries", type=POSITIVE, help="black-box query budget (square 5000)")
     p.add_argument(
         "--eot", type=POSITIVE,
         help="pgd, apgd, fab: gradient passes averaged per step, for a randomised model (1)",
@@ -44,8 +49,8 @@ def run(args) -> int:
     kwargs = options(args)  # before the data: a flag the attack does not take stops here
     loaded = start(args)
     budget = "".join(f", {k} {kwargs[k]}" for k in ATTACK_FLAGS if k in kwargs)
-    eps = eps_text(args.eps, args.bounds, args.norm)
-    print(f"attack: {args.attack} ({args.norm}, eps {eps}{budget})")
+    eps = eps_text(args.eps, args.bounds, kwargs["norm"])
+    print(f"attack: {args.attack} ({kwargs['norm']}, eps {eps}{budget})")
     result = robustkern.evaluate(
         loaded.model, (loaded.x_test, loaded.y_test), args.attack, batch_size=args.batch_size,
         device=args.device, progress=not args.no_progress, budget=args.budget, **kwargs,
@@ -56,8 +61,8 @@ def run(args) -> int:
 
 def options(args) -> dict:
     """The chosen attack's keyword arguments: each flag it takes, given or at the function's
-    default (so the printed budget is the one that runs); a flag it does not take, an L2 fgsm
-    or an unknown loss stop here, before a model is loaded or trained."""
+    default (so the printed budget is the one that runs); a flag it does not take, a norm it
+    does not attack in or an unknown loss stop here, before a model is loaded or trained."""
     params = inspect.signature(evaluation.FUNCTIONS[args.attack]).parameters
     kwargs: dict = {"eps": args.eps, "bounds": args.bounds}
     for flag in ATTACK_FLAGS:
@@ -66,10 +71,7 @@ def options(args) -> dict:
             raise ValueError(f"--attack {args.attack} takes no --{flag}")
         if flag in params:
             kwargs[flag] = params[flag].default if value is None else value
-    if "norm" not in params and args.norm != "linf":
-        raise ValueError(f"{args.attack} is an L-inf attack: use --norm linf or another attack")
-    if "norm" in params:
-        kwargs["norm"] = args.norm
+    kwargs["norm"] = norm_for(args.attack, args.norm)
     if "generator" in params:
         kwargs["generator"] = torch.Generator(args.device).manual_seed(args.seed)
     losses = APGD_LOSSES if args.attack == "apgd" else LOSSES

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from robustkern import attacks
 from robustkern._progress import progress_bar
 from robustkern.checks import (
     check_finite,
@@ -21,6 +20,7 @@ from robustkern.checks import (
     warn_unusual_eps,
 )
 from robustkern.evaluation.presets import PRESETS, stages
+from robustkern.evaluation.single import SINGLE, norm_for, single_outcome
 from robustkern.modes import eval_mode, model_device
 from robustkern.stats import interval, percent_with_interval
 from robustkern.timebudget import Deadline, parse_budget
@@ -31,18 +31,9 @@ AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 _Outcome = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 ]
-# The single attacks by name, and whether they take early_stop (all report their success).
-_SINGLE = {
-    "pgd": (attacks.pgd, True),
-    "apgd": (attacks.apgd, True),
-    "fab": (attacks.fab, False),
-    "adam": (attacks.adam_pgd, False),
-    "square": (attacks.square, False),
-    "fgsm": (attacks.fgsm, False),
-}
-ATTACKS = (*_SINGLE, "none", *PRESETS)
-# Every single attack by name, for callers that pass it options (the command line).
-FUNCTIONS = {name: fn for name, (fn, _) in _SINGLE.items()}
+ATTACKS = (*SINGLE, "none", *PRESETS)
+# Every single attack's function by name, for callers that read its options (the command line).
+FUNCTIONS = {name: entry.fn for name, entry in SINGLE.items()}
 # Cascades (``presets.PRESETS``): each attack runs only on the points every earlier one left
 # robust (per-sample worst case).
 _SHARED = ("eps", "norm", "bounds", "generator")  # options every stage of a cascade takes
@@ -178,12 +169,15 @@ def evaluate(
             restored after.
         data: an ``(x, y)`` pair of tensors (images (N, C, H, W) in the attack's bounds, int64
             labels (N,)), a Dataset or a DataLoader of such ``(x, y)`` batches.
-        attack: a single attack, "pgd" or "apgd" (early stopping: a sample leaves the batch
-            once misclassified, which changes no outcome and saves the work), "fab", "adam"
-            (``adam_pgd``), "square" (black-box), "fgsm"; "none"; a callable ``(model, x, y)
-            -> x_adv``; or a preset cascade (``presets.PRESETS``): AutoAttack's "standard",
-            "plus" and "rand" versions with its settings for the norm, or our quick "fast";
-            cascades report how many points each attack broke.
+        attack: a single attack (``single.SINGLE``): bounded ones, "pgd" or "apgd" (early
+            stopping: a sample leaves the batch once misclassified, which changes no outcome
+            and saves the work), "fab", "adam" (``adam_pgd``), "square" (score-based black
+            box), "rays" (hard-label black box), "fgsm"; minimum-norm ones, whose point counts
+            where its distance is within eps: "cw", "ddn", "deepfool", "min_norm" (FMN),
+            "hop_skip_jump" (hard-label); "none"; a callable ``(model, x, y) -> x_adv``; or a
+            preset cascade (``presets.PRESETS``): AutoAttack's "standard", "plus" and "rand"
+            versions with its settings for the norm, or our quick "fast"; cascades report how
+            many points each attack broke.
         batch_size: examples per model batch.
         device: where the model runs (default: the model's device).
         progress: show a progress bar.
@@ -208,6 +202,8 @@ def evaluate(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     outcome_fn(attack, attack_kwargs)  # a bad attack or option fails before any model work
+    if isinstance(attack, str) and attack in SINGLE:  # the norm it runs in, for the record
+        attack_kwargs = {**attack_kwargs, "norm": norm_for(attack, attack_kwargs.get("norm"))}
     device = torch.device(device) if device is not None else model_device(model)
     per_example = _per_example_options(attack_kwargs, data)
     deadline = Deadline(parse_budget(budget))
@@ -334,10 +330,8 @@ def outcome_fn(attack: str | AttackFn, kwargs: dict) -> tuple[_Outcome | None, s
         return _with_success(attack, kwargs), getattr(attack, "__name__", "custom")
     if attack == "none" or _zero_radius(kwargs.get("eps")):
         return None, attack  # eps 0: the clean outcome is the robust one, nothing to attack
-    if attack in _SINGLE:
-        fn, stops = _SINGLE[attack]
-        kwargs = {**({"early_stop": True} if stops else {}), **kwargs, "return_success": True}
-        return (lambda m, x, y, **own: fn(m, x, y, **(kwargs | own))), attack
+    if attack in SINGLE:
+        return single_outcome(attack, kwargs), attack
     if attack in PRESETS:
         return Cascade(attack, **kwargs), attack
     raise ValueError(f"attack must be one of {ATTACKS} or a callable, got {attack!r}")

@@ -25,11 +25,14 @@ from robustkern.attacks.gradients import GradientUnavailable, loss_and_grad
 from robustkern.attacks.steps import box_diameter, random_in_ball
 from robustkern.checks import check_choice, check_inputs
 from robustkern.evaluation.core import RANDOM_DRIFT, REPEATS, Cascade, judged, output_drift
+from robustkern.evaluation.single import single_outcome
 from robustkern.modes import eval_mode, model_device
 from robustkern.stats import ALPHA, exceeds, mcnemar, paired_verdict
 
 WARN_FRACTION = 0.01  # comparative checks: up to this fraction of points is a warning
 EOT = 20  # gradient passes per step against a randomised model (AutoAttack's rand version)
+# The labels-only attack per norm (none is built for L1).
+HARD_LABEL = {"linf": ("rays", "RayS"), "l2": ("hop_skip_jump", "HopSkipJump")}
 
 
 @dataclass
@@ -78,6 +81,8 @@ def indicators(
                          labels)  # fmt: skip
         out = [checks.softmax_outputs(), checks.randomised_outputs(), checks.zero_gradients()]
         out += [checks.silent_success(), checks.black_box(), checks.single_step()]
+        if norm in HARD_LABEL:
+            out.append(checks.hard_label())
         out += [checks.random_sampling(), checks.more_steps(), checks.unbounded()]
         out.append(checks.eps_curve())
         if surrogate is not None:
@@ -275,6 +280,16 @@ class _Checks:
         )
         return self._beats_white(
             "black box beats white box", fooled, f"Square ({self.queries} queries)"
+        )
+
+    def hard_label(self) -> Indicator:
+        name, title = HARD_LABEL[self.norm]
+        options = {"eps": self.eps, "norm": self.norm, "bounds": self.bounds,
+                   "queries": self.queries, "generator": self.generator()}  # fmt: skip
+        run = single_outcome(name, options)
+        fooled = self._on_correct(lambda x, y: run(self.model, x, y)[1])
+        return self._beats_white(
+            "hard-label black box beats white box", fooled, f"{title} ({self.queries} queries)"
         )
 
     def transfer(self, surrogate) -> Indicator:

@@ -9,6 +9,7 @@ from torch import nn
 from robustkern import evaluation
 from robustkern.attacks.steps import box_diameter
 from robustkern.data import eps_text
+from robustkern.evaluation.masking import HARD_LABEL
 from robustkern.stats import GRADES
 from robustkern.suite.budget import Knob
 from robustkern.suite.core import OVERHEAD, Outcome, Suite, check
@@ -26,7 +27,9 @@ def _cost(suite: Suite, name: str, sizes) -> float:
     # white box, APGD once more, 4x steps with 2 restarts, the unbounded attack and the curve
     iterations = steps * (1 + targets(suite) + 1 + 8 + 1 + _eps_grid_length(suite))
     transfer = c.attack(images, steps, early_stop=False) if len(suite.models) > 1 else 0.0
-    calls = sizes["queries"] + sizes["samples"]  # Square's queries, the random points
+    # Square's queries, the hard-label attack's (L-inf and L2), the random points
+    hard_label = sizes["queries"] if suite.threat.norm in HARD_LABEL else 0
+    calls = sizes["queries"] + hard_label + sizes["samples"]
     queries = c.forwards(images * c.clean_accuracy * calls, calls)
     return c.attack(images, iterations) + transfer + queries + OVERHEAD
 
@@ -35,9 +38,10 @@ def _cost(suite: Suite, name: str, sizes) -> float:
     "masking", "Gradient-masking indicators", """
     A robust accuracy is only believable if the attack behind it worked. These indicators
     (Carlini et al. 2019, AutoAttack's checks, Pintor et al. 2022) look for the symptoms of
-    gradient masking: black-box, transfer (from the next model given), single-step or random
-    attacks beating the white-box one, an unbounded attack short of 100 % error, robust accuracy
-    that does not fall with eps, zero or random gradients. Attacks compared on the same images
+    gradient masking: black-box (score-based, and labels-only in L-inf and L2), transfer (from
+    the next model given), single-step or random attacks beating the white-box one, an
+    unbounded attack short of 100 % error, robust accuracy that does not fall with eps, zero or
+    random gradients. Attacks compared on the same images
     are judged by paired tests (McNemar, and the binomial tail against a 1 % tolerance):
     inconclusive when the sample cannot tell a failing attack from noise. The verdict is the
     worst indicator's.""",

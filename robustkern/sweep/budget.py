@@ -32,7 +32,7 @@ from robustkern._env import world
 from robustkern.costs import MEASURE_BATCH, ModelCost, measure
 from robustkern.evaluation import FUNCTIONS, PRESETS
 from robustkern.evaluation.presets import stages
-from robustkern.sweep.config import AttackSpec, Sweep, SweepError
+from robustkern.sweep.config import DISTANCE_ATTACKS, AttackSpec, Sweep, SweepError
 from robustkern.timebudget import minutes
 
 VERIFY_STEPS = 10  # min-norm's default PGD check (engine._min_norm_distances)
@@ -118,8 +118,8 @@ def plan_lines(budget: float, costs: dict, groups: list, measured_on: int) -> li
 
 def passes(attack: AttackSpec, n_eps: int) -> tuple[float, float]:
     """(forwards, gradients) that one example costs under ``attack`` at ``n_eps`` eps values:
-    the clean forward, then every step of every restart at every eps (min-norm: one FMN run
-    for all of them, then the PGD check at each eps down the grid)."""
+    the clean forward, then every step of every restart at every eps (a minimum-norm attack:
+    one run for all of them; min-norm then adds the PGD check at each eps down the grid)."""
     params = attack.params
     if attack.name == "none":
         return 1.0, 0.0
@@ -127,6 +127,8 @@ def passes(attack: AttackSpec, n_eps: int) -> tuple[float, float]:
         steps = params.get("steps", _default(attacks.min_norm, "steps"))
         return 1.0, float(steps + params.get("verify_steps", VERIFY_STEPS) * n_eps)
     forwards, gradients = _passes_per_eps(attack.name, params, attack.norm or "linf")
+    if attack.name in DISTANCE_ATTACKS:  # one run answers every eps
+        n_eps = 1
     return 1.0 + n_eps * forwards, n_eps * gradients
 
 
@@ -146,9 +148,11 @@ def _passes_per_eps(name: str, params: dict, norm: str) -> tuple[float, float]:
     def value(key: str) -> int:
         return params.get(key, _default(fn, key))
 
-    if name == "square":  # one forward per query
+    if name in ("square", "rays", "hop_skip_jump"):  # one forward per query
         return float(value("queries") * value("restarts")), 0.0
-    steps = value("steps") * value("restarts")
+    if name == "deepfool":  # a backward per candidate class a step
+        return 0.0, float(value("steps") * value("candidates"))
+    steps = value("steps") * value("restarts") * value("binary_steps")
     if name in ("apgd", "fab") and params.get("targeted"):
         steps *= value("n_targets")
     if name == "fab":  # a forward a step, and a backward per class untargeted

@@ -20,6 +20,8 @@ else:  # pragma: no cover
 from robustkern import data as datasets
 from robustkern import resume
 from robustkern.attacks import NORMS
+from robustkern.evaluation.presets import PRESETS
+from robustkern.evaluation.single import SINGLE
 from robustkern.timebudget import parse_budget
 
 SPLITS = ("test", "train", "all")
@@ -68,9 +70,30 @@ ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     "plus": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "queries": _POSITIVE_INT},
     "rand": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "eot": _POSITIVE_INT},
     "fast": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT},
+    "rays": {"queries": _POSITIVE_INT},
+    "cw": {
+        "steps": _POSITIVE_INT,
+        "binary_steps": _POSITIVE_INT,
+        "confidence": ("number", lambda v: v >= 0, ">= 0"),
+        "lr": ("number", lambda v: v > 0, "> 0"),
+    },
+    "ddn": {"steps": _POSITIVE_INT, "gamma": ("number", lambda v: 0 < v < 1, "in (0, 1)")},
+    "deepfool": {
+        "steps": _POSITIVE_INT,
+        "overshoot": ("number", lambda v: v >= 0, ">= 0"),
+        "candidates": ("int", 2),
+    },
+    "hop_skip_jump": {"queries": _POSITIVE_INT},
     "min-norm": {"steps": _POSITIVE_INT, "verify_steps": ("int", 0)},
 }
+# Each entry's norms; a single attack's come from evaluation.single.SINGLE.
+_NORMS = {"min-norm": ("linf", "l2"), **dict.fromkeys(PRESETS, NORMS)}
 SWEEP_ATTACKS = tuple(ATTACK_OPTIONS)
+# The minimum-norm entries: one run gives every example's distance, hence every eps at once.
+DISTANCE_ATTACKS = (
+    "min-norm",
+    *(n for n in SWEEP_ATTACKS if n in SINGLE and SINGLE[n].kind == "minimum"),
+)
 
 
 class SweepError(ValueError):
@@ -350,11 +373,10 @@ def _attack(table: dict, i: int, where: _Where) -> AttackSpec:
             raise where.fail(f"{what}: the clean-accuracy entry 'none' takes no eps or norm")
         norm, eps = "", (0.0,)
     else:
-        norm = where.choice(table.get("norm"), NORMS, f"{what}: norm")
-        if name == "fgsm" and norm != "linf":
-            raise where.fail(f"{what}: fgsm is an L-inf attack (norm = 'linf')")
-        if name in ("adam", "min-norm") and norm == "l1":
-            raise where.fail(f"{what}: {name} runs in L-inf and L2 (norm = 'linf' or 'l2')")
+        norms = SINGLE[name].norms if name in SINGLE else _NORMS[name]
+        norm = where.choice(table.get("norm"), (*NORMS, "l0"), f"{what}: norm")
+        if norm not in norms:
+            raise where.fail(f"{what}: {name} attacks in {' or '.join(norms)}, not {norm!r}")
         eps = _eps_list(table.get("eps"), f"{what}: eps", where)
     params = {
         key: _option(table[key], spec, f"{what}: {key}", where)

@@ -18,8 +18,9 @@ three ways:
 
 All three report the same quantity: an example is robust at eps when it is classified correctly
 and no adversarial point was found at that eps or a smaller one in the list. ``min-norm``
-needs no sharing: one run of the minimum-norm attack gives each example's smallest adversarial
-distance, hence every eps at once (robust at eps when that distance exceeds eps).
+and the other minimum-norm attacks (cw, ddn, deepfool, hop_skip_jump) need no sharing: one run
+gives each example's smallest adversarial distance, hence every eps at once (robust at eps when
+that distance exceeds eps).
 
 With ``[run] budget`` (or ``run(budget=)``) the run covers the first n examples, n chosen so
 that the pending cells fit (``sweep.budget``); n then acts exactly as ``[data] limit = n``.
@@ -42,10 +43,18 @@ from robustkern import attacks, data, models
 from robustkern._env import code_version, derived_seed, device_name, init_distributed, world
 from robustkern._progress import progress_bar
 from robustkern.checks import check_finite, check_model_fits, warn_unusual_eps
-from robustkern.evaluation import outcome_fn
+from robustkern.evaluation import PRESETS, outcome_fn
+from robustkern.evaluation.single import SINGLE
 from robustkern.modes import eval_mode, model_device
 from robustkern.sweep.budget import VERIFY_STEPS, examples_for_budget, with_limit
-from robustkern.sweep.config import AttackSpec, ModelSpec, Sweep, budget_seconds, config_hash
+from robustkern.sweep.config import (
+    DISTANCE_ATTACKS,
+    AttackSpec,
+    ModelSpec,
+    Sweep,
+    budget_seconds,
+    config_hash,
+)
 from robustkern.sweep.grid import Cell, fingerprints, plan
 from robustkern.sweep.store import Store
 
@@ -226,7 +235,7 @@ def evaluate_group(
     if not bool((table[k + 1] == 1).all()):
         raise RuntimeError("sweep sharding error: an example was evaluated by no rank or twice")
     clean = table[0].bool().cpu()
-    dists = distance.cpu() if attack.name == "min-norm" else None
+    dists = distance.cpu() if attack.name in DISTANCE_ATTACKS else None
     per_eps = [(dists, table[1 + i].bool().cpu()) for i in range(k)]
     return (clean, per_eps), time.perf_counter() - start, share
 
@@ -238,10 +247,13 @@ def _attack_batch(model, attack: AttackSpec, eps: list[float], x, y, g, share: s
     k, b = len(eps), len(x)
     fooled = torch.zeros(k, b, dtype=torch.bool, device=x.device)
     idx = ok.nonzero().squeeze(1)
+    by_distance = attack.name in DISTANCE_ATTACKS
     if attack.name == "none" or idx.numel() == 0:
-        return ok, fooled, (torch.zeros(b, device=x.device) if attack.name == "min-norm" else None)
-    if attack.name == "min-norm":
-        distance = _min_norm_distances(model, attack, eps, x, y, idx, g)
+        return ok, fooled, (torch.zeros(b, device=x.device) if by_distance else None)
+    if by_distance:
+        distance = (_min_norm_distances if attack.name == "min-norm" else _distances)(
+            model, attack, eps, x, y, idx, g
+        )
         eps_t = torch.tensor(eps, dtype=torch.float64, device=x.device)[:, None]
         return ok, ok & (distance[None] <= eps_t), distance
     if share == "batch":  # every (example, eps) pair in one call, eps per sample
@@ -258,6 +270,18 @@ def _attack_batch(model, attack: AttackSpec, eps: list[float], x, y, g, share: s
         if share == "cascade":
             alive &= ~fooled[i]
     return ok, fooled, None
+
+
+def _distances(model, attack: AttackSpec, eps: list[float], x, y, idx, g):
+    """Per example, the distance of the minimum-norm attack's point (0 if misclassified, inf
+    if none was found)."""
+    entry = SINGLE[attack.name]
+    options = {**attack.params, "norm": attack.norm, "generator": g}
+    options = {k: v for k, v in options.items() if entry.takes(k)}
+    distance = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    _, d = entry.fn(model, x[idx], y[idx], **options, return_norms=True)
+    distance[idx] = d.double()
+    return distance
 
 
 def _min_norm_distances(model, attack: AttackSpec, eps: list[float], x, y, idx, g):
@@ -290,9 +314,9 @@ def _min_norm_distances(model, attack: AttackSpec, eps: list[float], x, y, idx, 
 
 def _fooled(model, attack: AttackSpec, x, y, eps, g) -> torch.Tensor:
     """Whether ``attack`` finds an adversarial point for each sample (eps: float or per sample)."""
-    options = {"eps": eps, **attack.params}
-    if attack.name != "fgsm":  # L-inf only, and deterministic
-        options |= {"norm": attack.norm, "generator": g}
+    options = {"eps": eps, **attack.params, "norm": attack.norm}
+    if attack.name in PRESETS or SINGLE[attack.name].takes("generator"):
+        options["generator"] = g
     fn = outcome_fn(attack.name, options)[0]
     if fn is None:  # eps 0: the clean outcome, nothing to attack
         return torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -300,8 +324,8 @@ def _fooled(model, attack: AttackSpec, x, y, eps, g) -> torch.Tensor:
 
 
 def _sharing(requested: str, attack: AttackSpec, device: torch.device) -> str:
-    if attack.name in ("none", "min-norm"):
-        return attack.name  # one run covers every eps
+    if attack.name == "none" or attack.name in DISTANCE_ATTACKS:
+        return attack.name if attack.name in ("none", "min-norm") else "distance"  # one run
     if requested == "auto":
         return "batch" if device.type == "cuda" else "cascade"
     return requested

@@ -15,6 +15,7 @@ from robustkern import stats
 from robustkern._io import atomic_write_text, pyplot, save_figure
 from robustkern.data import eps_text
 from robustkern.sweep.budget import with_limit
+from robustkern.sweep.config import DISTANCE_ATTACKS
 from robustkern.sweep.config import load as load_sweep
 from robustkern.sweep.engine import prepare
 from robustkern.sweep.grid import fingerprints, plan
@@ -83,11 +84,11 @@ def agreement(cells: list[dict], outcomes: Callable[[int], list[dict]] | None = 
     difference in robust accuracy (percentage points; > 0 means the curve is weaker there) and,
     given ``outcomes`` (cell id -> its per-example rows, ``Store.outcomes``), McNemar's paired
     test on the examples robust under one of the two only."""
-    fixed = {_point(c): c for c in cells if c["attack_name"] not in ("min-norm", "none")}
+    fixed = {_point(c): c for c in cells if c["attack_name"] not in (*DISTANCE_ATTACKS, "none")}
     rows = []
     for c in cells:
         other = fixed.get(_point(c))
-        if c["attack_name"] == "min-norm" and other is not None:
+        if c["attack_name"] in DISTANCE_ATTACKS and other is not None:
             diff = 100 * (c["robust_accuracy"] - other["robust_accuracy"])
             paired = _paired_test(outcomes(c["id"]), outcomes(other["id"])) if outcomes else "-"
             rows.append(
