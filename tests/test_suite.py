@@ -137,6 +137,11 @@ def test_the_contrast_between_a_standard_and_a_trained_model(full_report):
               if t["title"].startswith("minimum L2"))  # fmt: skip
     assert [row[0] for row in l2["rows"]] == ["L-BFGS", "FMN", "DDN", "CW"]
     assert all(0 < same_size["median_l2"][a] < 10 for a in ("FMN", "DDN", "CW"))
+    # transfer: each model crafts with APGD and with M-DI2-FGSM
+    transfer = next(c for c in result["checks"] if c["name"] == "transfer")
+    assert set(transfer["figures"]["transfer_error"]) == {"APGD", "M-DI2-FGSM"}
+    rows = [r[0] for r in transfer["tables"][0]["rows"]]
+    assert "M-DI2-FGSM on standard" in rows and "APGD on fgsm-rs" in rows
 
 
 def two_names():

@@ -21,6 +21,7 @@ from robustkern.attacks.min_norm import average_distortion, min_norm, robust_acc
 from robustkern.attacks.pgd import NORMS, GraphedPGD, pgd
 from robustkern.attacks.rays import rays
 from robustkern.attacks.square import square
+from robustkern.attacks.transfer_boost import di_fgsm, mi_fgsm
 
 __all__ = [
     "NORMS",
@@ -31,10 +32,12 @@ __all__ = [
     "cw",
     "ddn",
     "deepfool",
+    "di_fgsm",
     "fab",
     "fgsm",
     "hop_skip_jump",
     "lbfgs",
+    "mi_fgsm",
     "min_norm",
     "pgd",
     "rays",

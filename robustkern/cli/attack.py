@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
     add_model(p)
     p.add_argument(
         "--attack", choices=tuple(SINGLE), default="pgd",
-        help="bounded: pgd apgd fab adam square rays fgsm; minimum-norm, counted where the "
-        "distance is within eps: cw ddn deepfool min_norm hop_skip_jump (default pgd)",
+        help="bounded: pgd apgd fab adam square rays fgsm mi_fgsm di_fgsm; minimum-norm, "
+        "counted where the distance is within eps: cw ddn deepfool min_norm hop_skip_jump "
+        "(default pgd)",
     )  # fmt: skip
     p.add_argument("--norm", choices=(*NORMS, "l0"), help="default: the attack's first norm")
     p.add_argument("--eps", type=RADIUS, default=0.3, help="radius in input units (0..1)")

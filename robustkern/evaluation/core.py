@@ -172,7 +172,8 @@ def evaluate(
         attack: a single attack (``single.SINGLE``): bounded ones, "pgd" or "apgd" (early
             stopping: a sample leaves the batch once misclassified, which changes no outcome
             and saves the work), "fab", "adam" (``adam_pgd``), "square" (score-based black
-            box), "rays" (hard-label black box), "fgsm"; minimum-norm ones, whose point counts
+            box), "rays" (hard-label black box), "fgsm", "mi_fgsm" and "di_fgsm" (momentum and
+            input diversity, for transfer); minimum-norm ones, whose point counts
             where its distance is within eps: "cw", "ddn", "deepfool", "min_norm" (FMN),
             "hop_skip_jump" (hard-label); "none"; a callable ``(model, x, y) -> x_adv``; or a
             preset cascade (``presets.PRESETS``): AutoAttack's "standard", "plus" and "rand"

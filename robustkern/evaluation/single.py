@@ -43,6 +43,8 @@ SINGLE: dict[str, Single] = {
     "adam": Single(attacks.adam_pgd, ("linf", "l2")),
     "square": Single(attacks.square, attacks.NORMS),
     "fgsm": Single(attacks.fgsm, ("linf",)),
+    "mi_fgsm": Single(attacks.mi_fgsm, ("linf", "l2")),
+    "di_fgsm": Single(attacks.di_fgsm, ("linf", "l2")),
     "rays": Single(attacks.rays, ("linf",)),
     "cw": Single(attacks.cw, ("l2",), "minimum"),
     "ddn": Single(attacks.ddn, ("l2",), "minimum"),

@@ -14,7 +14,7 @@ from robustkern import attacks
 from robustkern.attacks.min_norm import average_distortion
 from robustkern.modes import eval_mode, model_device
 
-TRANSFER_ATTACKS = ("apgd", "pgd", "fgsm", "min_norm", "lbfgs")
+TRANSFER_ATTACKS = ("apgd", "pgd", "fgsm", "mi_fgsm", "di_fgsm", "min_norm", "lbfgs")
 
 
 @dataclass
@@ -63,12 +63,14 @@ def transfer_matrix(
     """Error of every target model (default: the same models) on adversarial examples crafted
     on each source model in ``models``, and on Gaussian noise with each example's L2 size.
 
-    attack: one of ``TRANSFER_ATTACKS`` (``attack_kwargs`` go to it, e.g. ``eps=0.1``) or a
-    callable ``(model, x, y) -> x_adv``. Models run in eval mode; their modes are restored."""
+    attack: one of ``TRANSFER_ATTACKS`` (``attack_kwargs`` go to it, e.g. ``eps=0.1``; the
+    transfer-boosting ``mi_fgsm`` and ``di_fgsm`` are made for this table, and ``di_fgsm``'s
+    random transforms are drawn from ``seed`` unless a ``generator`` is given) or a callable
+    ``(model, x, y) -> x_adv``. Models run in eval mode; their modes are restored."""
     if not models:
         raise ValueError("models must name at least one source model")
     targets = targets if targets is not None else models
-    craft = _attack(attack, bounds, attack_kwargs)
+    craft = _attack(attack, bounds, seed, attack_kwargs)
     g = torch.Generator(x.device).manual_seed(seed)
     adversarial, noisy, distortion = [], [], []
     for model in models.values():
@@ -92,7 +94,7 @@ def transfer_matrix(
     )
 
 
-def _attack(attack, bounds, kwargs) -> Callable:
+def _attack(attack, bounds, seed, kwargs) -> Callable:
     if callable(attack):
         return lambda m, x, y: attack(m, x, y, **kwargs)
     if attack not in TRANSFER_ATTACKS:
@@ -100,6 +102,13 @@ def _attack(attack, bounds, kwargs) -> Callable:
     if attack == "min_norm":
         kwargs = {"norm": "l2", **kwargs}
     fn = getattr(attacks, attack)
+    if attack == "di_fgsm" and "generator" not in kwargs:
+
+        def seeded(m, x, y):  # each source's transforms drawn from seed, on its model's device
+            g = torch.Generator(x.device).manual_seed(seed)
+            return fn(m, x, y, bounds=bounds, generator=g, **kwargs)
+
+        return seeded
     return lambda m, x, y: fn(m, x, y, bounds=bounds, **kwargs)
 
 

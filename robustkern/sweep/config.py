@@ -70,6 +70,12 @@ ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     "plus": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "queries": _POSITIVE_INT},
     "rand": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT, "eot": _POSITIVE_INT},
     "fast": {"steps": _POSITIVE_INT, "restarts": _POSITIVE_INT},
+    "mi_fgsm": {"steps": _POSITIVE_INT, "decay": ("number", lambda v: v >= 0, ">= 0")},
+    "di_fgsm": {
+        "steps": _POSITIVE_INT,
+        "decay": ("number", lambda v: v >= 0, ">= 0"),
+        "diversity_prob": ("number", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    },
     "rays": {"queries": _POSITIVE_INT},
     "cw": {
         "steps": _POSITIVE_INT,
