@@ -72,3 +72,18 @@ def test_each_attack_says_which_norms_it_takes(linear):
     assert result.params["norm"] == "l2"
     assert set(SINGLE) <= set(robustkern.evaluation.ATTACKS)
     assert all(callable(getattr(attacks, e.fn.__name__)) for e in SINGLE.values())
+
+
+@pytest.mark.parametrize("name", ["mi_fgsm", "di_fgsm"])
+def test_transfer_attacks_run_by_name_as_their_function(linear, name):
+    model, x, y = linear
+    x4 = x.repeat(1, 1, 2, 2)  # 8x8 images: room for DI's resize
+    big = nn.Sequential(nn.AvgPool2d(2), model).eval()
+    options = {"eps": 0.2, "norm": "l2", "steps": 5}
+    if name == "di_fgsm":
+        options["generator"] = torch.Generator().manual_seed(0)
+    result = robustkern.evaluate(big, (x4, y), name, progress=False, **options)
+    if name == "di_fgsm":
+        options["generator"] = torch.Generator().manual_seed(0)
+    _, fooled = SINGLE[name].fn(big, x4, y, **options, return_success=True)
+    assert torch.equal(result.robust_correct, ~fooled)
