@@ -20,6 +20,7 @@ from robustkern.attacks.lbfgs import lbfgs
 from robustkern.attacks.min_norm import average_distortion, min_norm, robust_accuracy_curve
 from robustkern.attacks.pgd import NORMS, GraphedPGD, pgd
 from robustkern.attacks.rays import rays
+from robustkern.attacks.sparse_rs import sparse_rs
 from robustkern.attacks.square import square
 from robustkern.attacks.transfer_boost import di_fgsm, mi_fgsm
 
@@ -42,5 +43,6 @@ __all__ = [
     "pgd",
     "rays",
     "robust_accuracy_curve",
+    "sparse_rs",
     "square",
 ]

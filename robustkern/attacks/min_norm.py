@@ -1,7 +1,7 @@
 """Minimum-norm adversarial examples: the fast minimum-norm attack (FMN, Pintor et al., "Fast
-Minimum-norm Adversarial Attacks through Adaptive Norm Constraints", NeurIPS 2021), L-inf and
-L2, and the measures built on its per-sample distances: the robust-accuracy-vs-eps curve from
-one run, and Szegedy et al.'s average minimum distortion.
+Minimum-norm Adversarial Attacks through Adaptive Norm Constraints", NeurIPS 2021), L-inf, L2,
+L1 and L0, and the measures built on its per-sample distances: the robust-accuracy-vs-eps curve
+from one run, and Szegedy et al.'s average minimum distortion.
 
 FMN walks along the normalised gradient of the logit margin while a per-sample radius shrinks
 towards the decision boundary (by a factor 1 - gamma after an adversarial iterate, never above
@@ -10,6 +10,14 @@ linearised distance to the boundary before that: the paper's estimate without th
 exactly on the boundary of a locally linear model, a point that is not yet adversarial, and
 stays there); every iterate is projected onto the radius with the
 fused projection op and clipped to the bounds. gamma and the step decay on a cosine schedule.
+
+L1 uses the box-aware L1 projection (``ops.l1_project_``) and the L-inf norm of the gradient
+for the distance estimate. L0 counts changed coordinates (elements of x; ``sparse_rs`` counts
+pixels instead) and follows the paper's integer radius: it starts at 1, drops by at least one
+(and by the factor 1 - gamma, rounded down) after an adversarial iterate and grows by at least
+one otherwise; the projection keeps each sample's ``radius`` largest changes, then clips to the
+bounds, in the paper's order (clipping first, the exact projection onto the L0 ball within the
+box, found larger distances on 17 of the 359 digits test images and smaller on 8, small CNN).
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from robustkern.attacks.results import finish
 from robustkern.attacks.steps import broadcast
 from robustkern.checks import check_choice, check_inputs
 from robustkern.types import Bounds
+
+MIN_NORMS = ("linf", "l2", "l1", "l0")
+_DUAL = {"linf": 1, "l2": 2, "l1": math.inf}  # the gradient's norm turning a margin into a distance
 
 
 def min_norm(
@@ -51,7 +62,8 @@ def min_norm(
             parameters' ``.grad`` are left as they are (only the input's gradient is taken).
         x: the images (N, C, H, W), or any (N, ...) batch, within ``bounds``.
         y: int64 labels (N,); with ``targeted`` the target classes.
-        norm: "linf" or "l2": the norm minimised.
+        norm: "linf", "l2", "l1" or "l0": the norm minimised. L0 counts the coordinates
+            (elements of x) that change, every channel apart (``sparse_rs`` counts pixels).
         steps: iterations (all run on every sample).
         gamma, alpha: (initial, final) radius-change factor and step size (along the unit-L2
             gradient) on the cosine schedule; alpha defaults to the paper's (1.0, 0.01), in
@@ -66,7 +78,7 @@ def min_norm(
         x_adv, then the extras asked for.
     """
     labels = check_inputs(x, y, bounds, model=model)
-    check_choice(norm, ("linf", "l2"), "norm")
+    check_choice(norm, MIN_NORMS, "norm")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     lo, hi = float(bounds[0]), float(bounds[1])
@@ -74,10 +86,9 @@ def min_norm(
         alpha = (hi - lo, (hi - lo) / 100)
     x_nat = x.detach()
     n = x.shape[0]
-    project = ops.project_op(norm)
-    dual = 1 if norm == "linf" else 2
+    project = _projection(norm)
     largest = _largest_distance(x_nat, norm, lo, hi)
-    radius = torch.full((n,), math.inf, device=x.device)
+    radius = torch.full((n,), 1.0 if norm == "l0" else math.inf, device=x.device)
     best_norm = torch.full((n,), math.inf, device=x.device)
     best = x_nat.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -99,16 +110,20 @@ def min_norm(
         best_norm = torch.where(smaller, dist, best_norm)
         best = torch.where(broadcast(smaller, best), x_adv, best)
         found |= adv
-        to_boundary = loss.abs() / grad.flatten(1).float().norm(p=dual, dim=1).clamp_min(1e-12)
-        radius = torch.where(
-            adv,
-            torch.minimum(radius * (1 - g), best_norm),
-            torch.where(found, radius * (1 + g), (dist + to_boundary) * (1 + g)),
-        )
+        if norm == "l0":
+            radius = _l0_radius(radius, adv, best_norm, g)
+        else:
+            dual = grad.flatten(1).float().norm(p=_DUAL[norm], dim=1).clamp_min(1e-12)
+            to_boundary = loss.abs() / dual
+            radius = torch.where(
+                adv,
+                torch.minimum(radius * (1 - g), best_norm),
+                torch.where(found, radius * (1 + g), (dist + to_boundary) * (1 + g)),
+            )
         radius = torch.minimum(radius, largest)
         step = grad / broadcast(grad.flatten(1).float().norm(dim=1).clamp_min(1e-12), grad)
         x_adv = x_adv - a * step.to(x_adv.dtype)
-        project(x_adv, x_nat, 0.0, radius, lo, hi)
+        project(x_adv, x_nat, radius, lo, hi)
     # the last iterate has not been scored yet
     with torch.no_grad():
         adv = is_adversarial(model(x_adv), y, targeted)
@@ -121,6 +136,35 @@ def min_norm(
                   queries=steps + 1)  # fmt: skip
 
 
+def _projection(norm: str):
+    """``project(x_adv, x_nat, radius (N,), lo, hi)``, in place: onto the ball of ``radius``
+    around x_nat within the bounds (the fused op; L0 here)."""
+    if norm == "l0":
+        return _l0_project_
+    op = ops.project_op(norm)
+    return lambda x_adv, x_nat, radius, lo, hi: op(x_adv, x_nat, 0.0, radius, lo, hi)
+
+
+def _l0_project_(x_adv, x_nat, radius: torch.Tensor, lo: float, hi: float) -> None:
+    """In place: all but each sample's ``radius`` largest |x_adv - x_nat| set back to x_nat
+    (ties broken by the sort, so ``radius`` coordinates or fewer change), then x_adv clipped to
+    the bounds."""
+    size = (x_adv - x_nat).flatten(1).abs()
+    order = size.argsort(dim=1, descending=True)
+    ranks_kept = torch.arange(size.shape[1], device=size.device) < radius[:, None]
+    keep = torch.zeros_like(ranks_kept).scatter_(1, order, ranks_kept)
+    x_adv.copy_(torch.where(keep.view(x_adv.shape), x_adv, x_nat).clamp_(lo, hi))
+
+
+def _l0_radius(radius, adv, best_norm, g: float) -> torch.Tensor:
+    """FMN's L0 radius, whole coordinates: after an adversarial iterate at least one fewer (and
+    at most (1 - g) times as many, never above the best count found), otherwise at least one
+    more (and (1 + g) times as many, rounded down)."""
+    shrink = torch.minimum(torch.minimum(radius - 1, (radius * (1 - g)).floor()), best_norm)
+    grow = torch.maximum(radius + 1, (radius * (1 + g)).floor())
+    return torch.where(adv, shrink, grow).clamp_min(0)
+
+
 def _feasible(grad: torch.Tensor, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """The gradient without the components a descent step would push out of the bounds: the
     boundary-distance estimate and the step then see only directions the box allows (most
@@ -131,7 +175,11 @@ def _feasible(grad: torch.Tensor, x: torch.Tensor, lo: float, hi: float) -> torc
 
 def _distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1).float()
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+    if norm == "linf":
+        return flat.abs().amax(1)
+    if norm == "l2":
+        return flat.norm(dim=1)
+    return flat.abs().sum(1) if norm == "l1" else (flat != 0).sum(1).float()
 
 
 def _largest_distance(x_nat: torch.Tensor, norm: str, lo: float, hi: float) -> torch.Tensor:

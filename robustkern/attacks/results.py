@@ -61,7 +61,8 @@ def finish(
 
 
 def distances(x: torch.Tensor, x_adv: torch.Tensor, norm: str, fooled: torch.Tensor):
-    """Per sample: ``||x_adv - x||`` in ``norm`` where fooled, inf elsewhere."""
+    """Per sample: ``||x_adv - x||`` in ``norm`` where fooled, inf elsewhere; "l0" counts the
+    changed coordinates (elements, every channel apart)."""
     delta = (x_adv - x).flatten(1).float()
-    size = delta.norm(p={"linf": math.inf, "l2": 2, "l1": 1}[norm], dim=1)
+    size = delta.norm(p={"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}[norm], dim=1)
     return torch.where(fooled, size, torch.full_like(size, math.inf))
