@@ -87,3 +87,19 @@ def test_transfer_attacks_run_by_name_as_their_function(linear, name):
         options["generator"] = torch.Generator().manual_seed(0)
     _, fooled = SINGLE[name].fn(big, x4, y, **options, return_success=True)
     assert torch.equal(result.robust_correct, ~fooled)
+
+
+def test_sparse_rs_reads_eps_as_its_pixel_budget(linear):
+    model, x, y = linear
+    g = torch.Generator().manual_seed(0)
+    result = robustkern.evaluate(model, (x, y), "sparse_rs", eps=3, queries=50, generator=g,
+                                 progress=False)  # fmt: skip
+    assert result.params["norm"] == "l0"
+    g = torch.Generator().manual_seed(0)
+    _, fooled = attacks.sparse_rs(model, x, y, pixels=3, queries=50, generator=g,
+                                  return_success=True)  # fmt: skip
+    assert torch.equal(result.robust_correct, ~fooled)
+    with pytest.raises(ValueError, match="changed pixels: one whole number"):
+        robustkern.evaluate(model, (x, y), "sparse_rs", eps=2.5, progress=False)
+    with pytest.raises(ValueError, match="sparse_rs attacks in l0, not 'linf'"):
+        robustkern.evaluate(model, (x, y), "sparse_rs", eps=2, norm="linf", progress=False)

@@ -172,6 +172,8 @@ kwargs = { in_channels = 1, num_classes = 10, width = 16 }
         (CNN.format(name="m") + PGD.replace("0.05,", '"8/0",'), "not a finite number >= 0"),
         (CNN.format(name="m") + PGD.replace('name = "pgd"', 'name = "fgsm"').replace(
             "steps = 5", "").replace('"linf"', '"l2"'), "fgsm attacks in linf, not 'l2'"),
+        (CNN.format(name="m") + PGD.replace('name = "pgd"', 'name = "sparse_rs"').replace(
+            "steps = 5", "").replace('"linf"', '"l0"'), "changed pixels: whole numbers"),
         (CNN.format(name="m") + CNN.format(name="m") + PGD, "repeated: ['m']"),
         (CNN.format(name="m") + PGD + PGD, "give repeated attacks a distinct label"),
         (CNN.format(name="m").replace("robustkern.models:small_cnn", "nowhere.mod:f") + PGD,
@@ -605,6 +607,7 @@ def test_budget_counts_passes_and_the_busiest_rank():
     assert budget.passes(spec("deepfool", steps=5, candidates=4), 3) == (1, 20)
     assert budget.passes(spec("hop_skip_jump", queries=100), 3) == (101, 0)
     assert budget.passes(spec("rays", queries=100), 2) == (201, 0)  # bounded: per eps
+    assert budget.passes(spec("sparse_rs", queries=100), 1) == (101, 0)
     # 24-example batches over 2 ranks: rank 0 takes batches 0, 2, ...
     assert budget.largest_fitting(1.0, 30, 200, 24, 1) == 30
     assert budget.largest_fitting(1.0, 30, 200, 24, 2) == 54  # 24 + 6 on rank 0

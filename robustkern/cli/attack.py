@@ -26,11 +26,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--attack", choices=tuple(SINGLE), default="pgd",
         help="bounded: pgd apgd fab adam square rays fgsm mi_fgsm di_fgsm; minimum-norm, "
-        "counted where the distance is within eps: cw ddn deepfool min_norm hop_skip_jump "
-        "(default pgd)",
+        "counted where the distance is within eps: cw ddn deepfool min_norm hop_skip_jump; "
+        "sparse_rs, eps its number of changed pixels (default pgd)",
     )  # fmt: skip
     p.add_argument("--norm", choices=(*NORMS, "l0"), help="default: the attack's first norm")
-    p.add_argument("--eps", type=RADIUS, default=0.3, help="radius in input units (0..1)")
+    p.add_argument("--eps", type=RADIUS, default=0.3,
+                   help="radius in input units (0..1); sparse_rs: pixels")  # fmt: skip
     p.add_argument("--steps", type=POSITIVE, help="iterations (10 for pgd, 100 for apgd, adam)")
     p.add_argument("--alpha", type=RADIUS, help="pgd's step size (2.5*eps/steps)")
     p.add_argument("--restarts", type=POSITIVE, help="pgd, apgd, square (1)")

@@ -175,7 +175,8 @@ def evaluate(
             box), "rays" (hard-label black box), "fgsm", "mi_fgsm" and "di_fgsm" (momentum and
             input diversity, for transfer); minimum-norm ones, whose point counts
             where its distance is within eps: "cw", "ddn", "deepfool", "min_norm" (FMN),
-            "hop_skip_jump" (hard-label); "none"; a callable ``(model, x, y) -> x_adv``; or a
+            "hop_skip_jump" (hard-label); "sparse_rs" (L0: eps is its number of changed
+            pixels); "none"; a callable ``(model, x, y) -> x_adv``; or a
             preset cascade (``presets.PRESETS``): AutoAttack's "standard", "plus" and "rand"
             versions with its settings for the norm, or our quick "fast"; cascades report how
             many points each attack broke.

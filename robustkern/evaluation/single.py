@@ -21,6 +21,7 @@ import torch
 from robustkern import attacks
 from robustkern.attacks.deepfool import DEEPFOOL_NORMS
 from robustkern.attacks.fab import FAB_NORMS
+from robustkern.attacks.min_norm import MIN_NORMS
 from robustkern.attacks.steps import broadcast
 from robustkern.checks import check_eps
 
@@ -49,8 +50,9 @@ SINGLE: dict[str, Single] = {
     "cw": Single(attacks.cw, ("l2",), "minimum"),
     "ddn": Single(attacks.ddn, ("l2",), "minimum"),
     "deepfool": Single(attacks.deepfool, DEEPFOOL_NORMS, "minimum"),
-    "min_norm": Single(attacks.min_norm, ("linf", "l2"), "minimum"),
+    "min_norm": Single(attacks.min_norm, MIN_NORMS, "minimum"),
     "hop_skip_jump": Single(attacks.hop_skip_jump, ("l2", "linf"), "minimum"),
+    "sparse_rs": Single(attacks.sparse_rs, ("l0",), "pixels"),
 }
 
 

@@ -148,7 +148,7 @@ def _passes_per_eps(name: str, params: dict, norm: str) -> tuple[float, float]:
     def value(key: str) -> int:
         return params.get(key, _default(fn, key))
 
-    if name in ("square", "rays", "hop_skip_jump"):  # one forward per query
+    if name in ("square", "rays", "hop_skip_jump", "sparse_rs"):  # one forward per query
         return float(value("queries") * value("restarts")), 0.0
     if name == "deepfool":  # a backward per candidate class a step
         return 0.0, float(value("steps") * value("candidates"))

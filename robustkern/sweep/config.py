@@ -90,10 +90,15 @@ ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
         "candidates": ("int", 2),
     },
     "hop_skip_jump": {"queries": _POSITIVE_INT},
+    "sparse_rs": {
+        "queries": _POSITIVE_INT,
+        "p_init": ("number", lambda v: 0 < v <= 1, "in (0, 1]"),
+    },
     "min-norm": {"steps": _POSITIVE_INT, "verify_steps": ("int", 0)},
 }
 # Each entry's norms; a single attack's come from evaluation.single.SINGLE.
-_NORMS = {"min-norm": ("linf", "l2"), **dict.fromkeys(PRESETS, NORMS)}
+# min-norm checks its curve with PGD, which has no L0.
+_NORMS = {"min-norm": NORMS, **dict.fromkeys(PRESETS, NORMS)}
 SWEEP_ATTACKS = tuple(ATTACK_OPTIONS)
 # The minimum-norm entries: one run gives every example's distance, hence every eps at once.
 DISTANCE_ATTACKS = (
@@ -384,6 +389,8 @@ def _attack(table: dict, i: int, where: _Where) -> AttackSpec:
         if norm not in norms:
             raise where.fail(f"{what}: {name} attacks in {' or '.join(norms)}, not {norm!r}")
         eps = _eps_list(table.get("eps"), f"{what}: eps", where)
+        if name in SINGLE and SINGLE[name].kind == "pixels" and any(e != int(e) for e in eps):
+            raise where.fail(f"{what}: eps counts {name}'s changed pixels: whole numbers")
     params = {
         key: _option(table[key], spec, f"{what}: {key}", where)
         for key, spec in options.items()
