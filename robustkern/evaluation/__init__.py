@@ -13,6 +13,7 @@ from robustkern.evaluation.core import (
     outcome_fn,
 )
 from robustkern.evaluation.masking import Indicator, indicators
+from robustkern.evaluation.optimality import optimality
 from robustkern.evaluation.transfer import TransferTable, transfer_matrix
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "evaluate",
     "indicators",
     "is_randomized",
+    "optimality",
     "outcome_fn",
     "transfer_matrix",
 ]
