@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
         "tradeoff", help="the accuracy-robustness trade-off: one model per training eps"
     )
     add_training(p)
-    p.add_argument("--method", choices=training.METHODS[1:], default="pgd")
+    # the methods trained at an eps that PGD at that eps judges (not gaussian's noise sigma)
+    robust = tuple(m for m in training.METHODS if m not in ("standard", "gaussian"))
+    p.add_argument("--method", choices=robust, default="pgd")
     p.add_argument("--eps", type=RADIUS, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--out", default="runs/tradeoff", help="directory for results and PNGs")
     p.set_defaults(func=run)

@@ -26,8 +26,9 @@ RUN_ONLY = {"resume_key": False}  # a field that does not change the numbers a r
 class TrainConfig:
     """The options of ``fit`` (see its docstring for what each does).
 
-    method: "standard", "pgd", "fgsm-rs" or "trades"; eps: the training radius in the inputs'
-    units (> 0 for adversarial methods); norm: "linf", "l2" or "l1"; steps, alpha, beta: the
+    method: "standard", "pgd", "fgsm-rs", "trades" or "gaussian"; eps: the training radius in
+    the inputs' units (> 0 for adversarial methods; for "gaussian" the noise's sigma); norm:
+    "linf", "l2" or "l1"; steps, alpha, beta: the
     attack's steps, step size (None: the method's default) and TRADES' weight; eps_warmup:
     epochs over which eps ramps up from 0; epochs, batch_size; optimizer ("sgd", "adam",
     "adamw"); lr (None: 0.1 for SGD, 1e-3 otherwise; ``learning_rate`` resolves it);

@@ -1,4 +1,5 @@
-"""The adversarial loss for any training loop: PGD-AT, fast FGSM with random start, TRADES."""
+"""The adversarial loss for any training loop: PGD-AT, fast FGSM with random start, TRADES, and
+Gaussian noise augmentation (the base classifier of randomised smoothing)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from robustkern import ops
 from robustkern.attacks import NORMS, pgd
 from robustkern.attacks.gradients import loss_and_grad
 from robustkern.attacks.pgd import L1_SPARSITY
-from robustkern.attacks.steps import noise_like
+from robustkern.attacks.steps import broadcast, noise_like
 from robustkern.checks import (
     attacking_for_training,
     check_choice,
@@ -21,9 +22,9 @@ from robustkern.checks import (
     check_logits,
 )
 from robustkern.modes import eval_mode
-from robustkern.types import Bounds, Shard
+from robustkern.types import Bounds, PerSample, Shard
 
-METHODS = ("standard", "pgd", "fgsm-rs", "trades")
+METHODS = ("standard", "pgd", "fgsm-rs", "trades", "gaussian")
 
 
 def adversarial_loss(
@@ -52,7 +53,10 @@ def adversarial_loss(
     ``steps`` steps of ``alpha`` = 2.5 eps / steps, random start), "fgsm-rs" (Wong et al., "Fast
     is better than free": one sign step of ``alpha`` = 1.25 eps from a uniform random start,
     L-inf only) or "trades" (Zhang et al.: CE(f(x), y) + beta KL(f(x) || f(x')), x' maximising
-    the KL term in ``steps`` steps of ``alpha`` = eps / 4 from x + 0.001 N(0, 1)).
+    the KL term in ``steps`` steps of ``alpha`` = eps / 4 from x + 0.001 N(0, 1)) or
+    "gaussian" (Cohen et al.'s training for randomised smoothing: cross-entropy at x + eps
+    N(0, I), eps the noise's standard deviation sigma (> 0), the noise not clipped to the
+    bounds, as in their code).
 
     The attack takes input gradients only: parameters' ``.grad`` change only when you call
     backward on the result. It runs in the model's current mode for "pgd" and "fgsm-rs" (as
@@ -62,8 +66,9 @@ def adversarial_loss(
     run the wrapper's gradient synchronisation); the loss goes through the wrapper.
     ``shard=(offset, total)``: x is rows offset.. of a global batch of ``total`` split over
     ranks; random starts are drawn as for the whole batch, so results do not depend on the
-    number of ranks. ``return_logits``: also return the logits the loss was computed on (at
-    x' for the adversarial methods; at x for "standard"), detached, for accuracy bookkeeping."""
+    number of ranks (the Gaussian noise too). ``return_logits``: also return the logits the loss
+    was computed on (at x' for the adversarial methods; at x for "standard", at the noisy x for
+    "gaussian"), detached, for accuracy bookkeeping."""
     labels = check_inputs(x, y, bounds)
     check_choice(method, METHODS, "method")
     check_choice(norm, NORMS, "norm")
@@ -72,8 +77,8 @@ def adversarial_loss(
     if steps < 1 or beta < 0:
         raise ValueError(f"steps must be >= 1 and beta >= 0, got {steps} and {beta}")
     eps = check_eps(eps, x.shape[0], finite=True)
-    if method == "standard":
-        logits = model(x)
+    if method in ("standard", "gaussian"):
+        logits = model(x if method == "standard" else gaussian_noise(x, eps, generator, shard))
         check_logits(logits, x.shape[0], labels)
         loss = F.cross_entropy(logits, y)
         return (loss, logits.detach()) if return_logits else loss
@@ -97,6 +102,21 @@ def adversarial_loss(
                       reduction="batchmean")  # fmt: skip
         loss = F.cross_entropy(logits, y) + beta * kl
     return (loss, logits_adv.detach()) if return_logits else loss
+
+
+def gaussian_noise(
+    x: torch.Tensor,
+    sigma: PerSample,
+    generator: torch.Generator | None = None,
+    shard: Shard | None = None,
+) -> torch.Tensor:
+    """x + sigma N(0, I), unclipped: the inputs of method "gaussian" (sigma a number or (N,),
+    > 0, inputs' units). ``shard`` as for ``adversarial_loss``."""
+    positive = bool((sigma > 0).all()) if isinstance(sigma, torch.Tensor) else sigma > 0
+    if not positive:
+        raise ValueError("method 'gaussian' needs eps > 0: the noise's standard deviation sigma")
+    noise = noise_like(x, lambda t: t.normal_(generator=generator), shard)
+    return x + broadcast(sigma, x) * noise
 
 
 def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels, shard):

@@ -52,7 +52,8 @@ def fit(
         config: a ``TrainConfig`` (default: its defaults).
         **overrides: ``TrainConfig`` fields replacing the config's, e.g. ``method="pgd",
             eps=0.3, epochs=10``. The main ones: method ("standard", "pgd", "fgsm-rs",
-            "trades"; see ``adversarial_loss``) at radius eps (input units) in norm;
+            "trades", "gaussian"; see ``adversarial_loss``) at radius eps (input units) in
+            norm (for "gaussian" eps is the noise's sigma, validated under that noise);
             eps_warmup (epochs to ramp eps from 0: large radii such as MNIST's 0.3 otherwise
             leave PGD-AT at chance); optimizer "sgd" / "adam" / "adamw", lr (0.1 for SGD,
             1e-3 otherwise), lr_schedule (``lr_factor``), weight_decay (a number or (start,

@@ -14,12 +14,14 @@ from robustkern.evaluation import evaluate
 from robustkern.modes import eval_mode
 from robustkern.training.batches import length, rows
 from robustkern.training.config import TrainConfig
+from robustkern.training.loss import gaussian_noise
 
 
 def accuracies(model, data, config: TrainConfig, seed_key: tuple, device, rank: int, world: int):
     """(clean, robust) accuracy of ``model`` on ``data`` (robust None when eps is 0), each rank
     scoring its share and the counts summed over ranks; robust under PGD with
-    ``config.val_steps`` steps and a random start seeded by ``seed_key`` and the rank."""
+    ``config.val_steps`` steps and a random start seeded by ``seed_key`` and the rank (method
+    "gaussian": correct on x and on one draw of x + eps N(0, I), the same seeding)."""
     if data is None:
         return None, None
     if world > 1 and not isinstance(data, DataLoader):
@@ -28,6 +30,8 @@ def accuracies(model, data, config: TrainConfig, seed_key: tuple, device, rank: 
     attack = "pgd" if config.eps > 0 else "none"
     options = dict(eps=config.eps, norm=config.norm, steps=config.val_steps, generator=g,
                    bounds=config.bounds) if attack == "pgd" else {}  # fmt: skip
+    if config.method == "gaussian":  # scored under the noise it trains for, not PGD at sigma
+        attack, options = _gaussian, dict(sigma=config.eps, generator=g)
     result = evaluate(model, data, attack, device=device, progress=False, **options)
     counts = torch.tensor(
         [result.clean_correct.sum(), result.robust_correct.sum(), result.n],
@@ -38,6 +42,11 @@ def accuracies(model, data, config: TrainConfig, seed_key: tuple, device, rank: 
     clean, robust, n = counts.tolist()
     n = max(n, 1)
     return clean / n, (robust / n if config.eps > 0 else None)
+
+
+def _gaussian(model, x, y, *, sigma: float, generator) -> torch.Tensor:
+    """The noisy inputs of method "gaussian", as an attack ``evaluate`` scores."""
+    return gaussian_noise(x, sigma, generator)
 
 
 def snapshot(model, tracked: dict, images: torch.Tensor, labels, index, when: float, device):
