@@ -11,7 +11,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from robustkern._progress import progress_bar
+from robustkern.certify.lipschitz import lipschitz_bound, lipschitz_verified
+from robustkern.certify.propagation import METHODS as BOUND_METHODS
+from robustkern.certify.propagation import verified as certify_verified
 from robustkern.checks import (
+    check_choice,
     check_finite,
     check_label_tensor,
     check_logits,
@@ -43,6 +47,7 @@ _OWN = {
     "square": ("queries", "restarts", "p_init"),
 }
 REPEATS = 10  # forwards that judge each final point of a randomised model
+CERTIFY_METHODS = (*BOUND_METHODS, "lipschitz")
 # A relative logit change above this between two identical forwards marks a randomised model.
 RANDOM_DRIFT = 1e-4
 
@@ -65,6 +70,8 @@ class Evaluation:
     repeats: int = 1
     repeat_accuracy: tuple[float, ...] = ()
     note: str = ""  # which preset ran, and why, when it is not the one asked for
+    certify: str = ""  # the certificate computed beside the attack, if any
+    certified_correct: torch.Tensor | None = None  # bool (N,): verified at eps (implies robust)
 
     @property
     def stopped_early(self) -> bool:
@@ -87,6 +94,26 @@ class Evaluation:
         """Per sample: correctly classified, and the attack found an adversarial example."""
         return self.clean_correct & ~self.robust_correct
 
+    @property
+    def certified_accuracy(self) -> float | None:
+        """The certified lower bound beside the attack's upper bound (None without certify)."""
+        if self.certified_correct is None:
+            return None
+        return self.certified_correct.float().mean().item() if self.n else float("nan")
+
+    def sandwich(self) -> dict[str, int]:
+        """Examples by status: "misclassified", "attacked" (an adversarial point found),
+        "verified" (certified robust) and "open" (neither: the gap between the bounds)."""
+        if self.certified_correct is None:
+            raise ValueError("no certificate was computed: evaluate(..., certify=...)")
+        verified = self.certified_correct
+        return {
+            "misclassified": int((~self.clean_correct).sum()),
+            "attacked": int(self.success.sum()),
+            "verified": int(verified.sum()),
+            "open": int((self.robust_correct & ~verified).sum()),
+        }
+
     def interval(self, which: str = "robust") -> tuple[float, float]:
         """The 95 % (Wilson) interval of the "clean" or "robust" accuracy."""
         return interval(self._count(which), self.n)
@@ -96,8 +123,8 @@ class Evaluation:
         return percent_with_interval(self._count(which), self.n, digits=2)
 
     def _count(self, which: str) -> int:
-        if which not in ("clean", "robust"):
-            raise ValueError(f"which must be 'clean' or 'robust', got {which!r}")
+        if which not in ("clean", "robust", "certified"):
+            raise ValueError(f"which must be 'clean', 'robust' or 'certified', got {which!r}")
         return int(getattr(self, f"{which}_correct").sum())
 
     def randomized_text(self) -> str:
@@ -132,6 +159,9 @@ class Evaluation:
             "after_each_attack": self.after_each_attack(), "broken_by": dict(self.broken_by),
             "seconds": self.seconds, "randomized": self.randomized, "repeats": self.repeats,
             "repeat_accuracy": list(self.repeat_accuracy), "note": self.note,
+            **({"certify": self.certify, "certified_accuracy": self.certified_accuracy,
+                "certified_interval": list(self.interval("certified")),
+                "sandwich": self.sandwich()} if self.certify else {}),
         }  # fmt: skip
 
     def __str__(self) -> str:
@@ -144,6 +174,12 @@ class Evaluation:
             text += f"\n  the time budget stopped it after {self.n} of {self.of} examples"
         for line in (self.note, self.randomized_text()):
             text += f"\n  {line}" if line else ""
+        if self.certify:
+            s = self.sandwich()
+            text += (
+                f"\n  certified ({self.certify}) {self.interval_text('certified')}: "
+                f"{s['verified']} verified, {s['open']} open, {s['attacked']} attacked"
+            )
         for name, acc in self.after_each_attack():
             text += f"\n  after {name:<8} {100 * acc:6.2f} %  ({self.broken_by[name]} broken)"
         return text
@@ -160,6 +196,7 @@ def evaluate(
     autocast: torch.dtype | None = None,
     budget: float | str | None = None,
     repeats: int = REPEATS,
+    certify: str | None = None,
     **attack_kwargs,
 ) -> Evaluation:
     """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
@@ -192,6 +229,11 @@ def evaluate(
             point judged over this many forwards, robust only if correct in all; "standard"
             and "plus" then run as "rand" (expectation over transformation), as the result's
             ``note`` says.
+        certify: also a certified lower bound on the same examples at the same eps and norm
+            (L-inf or L2): "ibp", "crown", "crown-ibp" (``certify.verified``) or "lipschitz"
+            (the Lipschitz-margin radius); ``certified_correct`` then holds the verified ones,
+            and ``robust_correct`` the attack's upper bound, with the per-example status in
+            ``Evaluation.sandwich()``. A verified example the attack breaks is an error.
         **attack_kwargs: go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``, eps in the
             input's units; cascades take eps, norm, bounds, generator, steps, restarts and eot
             for APGD and FAB, queries and p_init for Square, overriding the preset's). A 1-D
@@ -204,12 +246,13 @@ def evaluate(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     outcome_fn(attack, attack_kwargs)  # a bad attack or option fails before any model work
+    certifier = _certifier(certify, attack_kwargs) if certify is not None else None
     if isinstance(attack, str) and attack in SINGLE:  # the norm it runs in, for the record
         attack_kwargs = {**attack_kwargs, "norm": norm_for(attack, attack_kwargs.get("norm"))}
     device = torch.device(device) if device is not None else model_device(model)
     per_example = _per_example_options(attack_kwargs, data)
     deadline = Deadline(parse_budget(budget))
-    clean, robust, per_repeat, seen = [], [], [], 0
+    clean, robust, per_repeat, certified, seen = [], [], [], [], 0
     amp = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
     with eval_mode(model), amp:
         batches, total = _batches(data, batch_size)
@@ -229,8 +272,17 @@ def evaluate(
         for x, y in bar:
             if seen and not deadline.allows(deadline.elapsed / len(clean)):
                 break  # the next batch would overrun the budget
-            ok, still, each = _evaluate_batch(model, x.to(device), y.to(device), attack_fn, seen,
-                                              per_example, attack_kwargs, judge)  # fmt: skip
+            x, y = x.to(device), y.to(device)
+            if certifier is not None:  # first: an unsupported layer stops before the attack
+                eps = per_example.get("eps", attack_kwargs.get("eps"))
+                eps = eps[seen : seen + len(x)].to(device) if isinstance(eps, torch.Tensor) and (
+                    eps.dim() == 1) else eps  # fmt: skip
+                certified.append(certifier(model, x, y, eps))
+            ok, still, each = _evaluate_batch(model, x, y, attack_fn, seen, per_example,
+                                              attack_kwargs, judge)  # fmt: skip
+            if certifier is not None:
+                _check_sandwich(certified[-1], still, seen)
+                certified[-1] = certified[-1].cpu()
             seen += len(ok)
             clean.append(ok.cpu())
             robust.append(still.cpu())
@@ -242,8 +294,44 @@ def evaluate(
         dict(attack_fn.broken_by) if isinstance(attack_fn, Cascade) else {},
         of=_length(data), randomized=randomized, repeats=judge,
         repeat_accuracy=tuple((sum(per_repeat) / seen).tolist()) if randomized else (),
-        note=note,
+        note=note, certify=certify or "",
+        certified_correct=torch.cat(certified) if certifier is not None else None,
     )  # fmt: skip
+
+
+def _certifier(method: str, options: dict) -> Callable:
+    """``(model, x, y, eps) -> bool (B,)`` verified at eps in the evaluation's norm, checked
+    before any model work; the Lipschitz bound is computed once, for every batch."""
+    check_choice(method, CERTIFY_METHODS, "certify")
+    norm = options.get("norm", "linf")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"certify covers L-inf and L2 balls, not norm={norm!r}")
+    if "eps" not in options:
+        raise ValueError("certify needs the eps= the attack runs at")
+    bounds = options.get("bounds", (0.0, 1.0))
+    lipschitz = []
+
+    def run(model, x, y, eps):
+        with torch.autocast(x.device.type, enabled=False):
+            if method != "lipschitz":
+                return certify_verified(model, x, y, eps=eps, norm=norm, method=method,
+                                        bounds=bounds)  # fmt: skip
+            if not lipschitz:
+                lipschitz.append(lipschitz_bound(model, tuple(x.shape[1:])))
+            return lipschitz_verified(model, x, y, eps=eps, norm=norm, lipschitz=lipschitz[0],
+                                      bounds=bounds)  # fmt: skip
+
+    return run
+
+
+def _check_sandwich(verified: torch.Tensor, robust: torch.Tensor, seen: int) -> None:
+    """A certificate is a proof: an example both verified and broken means a bug."""
+    broken = (verified & ~robust.to(verified.device)).nonzero().squeeze(1)
+    if broken.numel():
+        raise RuntimeError(
+            f"examples {(broken + seen).tolist()[:10]} are certified robust but the attack broke "
+            "them: the certificate is unsound (please report this with the model)"
+        )
 
 
 def is_randomized(model: torch.nn.Module, x: torch.Tensor) -> bool:
