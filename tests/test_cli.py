@@ -261,3 +261,18 @@ def test_normalised_data_with_bounds(capsys, tmp_path):
     assert code == 2 and "look normalised" in err, err  # without --bounds: named, not silent
     code, out, _ = run(capsys, *argv, f"--bounds={lo},{hi}")  # "=": lo is negative
     assert code == 0 and "robust accuracy" in out, out
+
+
+def test_certify_prints_the_sandwich_and_smoothing_radii(capsys):
+    base = ["certify", "--data", "digits", "--epochs", "2", "--limit", "30", "--no-progress"]
+    code, out, _ = run(capsys, *base, "--method", "lipschitz", "--norm", "l2", "--eps", "0.01")
+    assert code == 0 and "certified accuracy:" in out and "(lipschitz; " in out, out
+    certified = float(out.split("certified accuracy:")[1].split("%")[0])
+    assert certified <= float(out.split("robust accuracy:")[1].split("%")[0])
+    code, out, _ = run(capsys, *base, "--method", "smoothing", "--norm", "l2", "--n", "200")
+    assert code == 0 and "certified accuracy at eps 0.1:" in out, out
+    # the default small CNN max-pools, which bound propagation cannot bound: a named error
+    code, _, err = run(capsys, *base, "--method", "ibp")
+    assert code == 2 and "'2' (MaxPool2d)" in err, err
+    code, _, err = run(capsys, *base, "--method", "smoothing")
+    assert code == 2 and "smoothing certifies L2 radii" in err

@@ -12,6 +12,7 @@ import robustkern
 from robustkern import data  # noqa: F401  (tests replace data.load to see that nothing loads)
 from robustkern.cli import (
     attack,
+    certify,
     corruptions,
     evaluate,
     fourier,
@@ -22,7 +23,18 @@ from robustkern.cli import (
     train,
 )
 
-COMMANDS = (suite, sweep, attack, evaluate, spectral, fourier, corruptions, train, tradeoff)
+COMMANDS = (
+    suite,
+    sweep,
+    attack,
+    evaluate,
+    certify,
+    spectral,
+    fourier,
+    corruptions,
+    train,
+    tradeoff,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,3 +93,8 @@ def print_accuracies(result: evaluation.Evaluation) -> None:
     for line in (result.note, result.randomized_text()):
         if line:
             print(line)
+    if result.certify:
+        status = result.sandwich()
+        print(f"certified accuracy: {result.interval_text('certified')}  ({result.certify}; "
+              f"{status['verified']} verified, {status['open']} open, {status['attacked']} "
+              "attacked)")  # fmt: skip

@@ -36,6 +36,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
     p.add_argument(
+        "--certify", choices=evaluation.CERTIFY_METHODS,
+        help="also a certified lower bound on the same images (L-inf or L2)",
+    )  # fmt: skip
+    p.add_argument(
         "--indicators", type=COUNT, default=0, metavar="N",
         help="also run the gradient-masking indicators on the first N test images",
     )  # fmt: skip
@@ -61,6 +65,7 @@ def run(args) -> int:
         generator=torch.Generator(args.device).manual_seed(args.seed),
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
         autocast=torch.bfloat16 if args.bf16 else None, bounds=args.bounds, budget=args.budget,
+        certify=args.certify,
     )  # fmt: skip
     print_accuracies(result)
     report = {"data": args.data, "preset": args.preset, **result.to_dict()}

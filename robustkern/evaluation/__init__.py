@@ -3,6 +3,7 @@ gradient-masking indicators (``indicators``) and transfer tables (``transfer_mat
 
 from robustkern.evaluation.core import (
     ATTACKS,
+    CERTIFY_METHODS,
     FUNCTIONS,
     PRESETS,
     Cascade,
@@ -18,6 +19,7 @@ from robustkern.evaluation.transfer import TransferTable, transfer_matrix
 
 __all__ = [
     "ATTACKS",
+    "CERTIFY_METHODS",
     "FUNCTIONS",
     "PRESETS",
     "Cascade",
