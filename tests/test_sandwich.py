@@ -66,3 +66,23 @@ def test_a_certificate_the_attack_contradicts_is_an_error(mlp, monkeypatch):
     with pytest.raises(RuntimeError, match="certified robust but the attack broke"):
         robustkern.evaluate(model, (x, y), "pgd", eps=0.3, steps=10, certify="ibp",
                             progress=False)  # fmt: skip
+
+
+def test_the_suite_check_shows_the_sandwich(mlp, tmp_path):
+    from robustkern import suite
+
+    model, x, y = mlp
+    pooled = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 10)).eval()
+    result = suite.run_suite({"mlp": model, "pooled": pooled}, (x, y), checks=["certified"],
+                             quick=True, out=tmp_path, progress=False)  # fmt: skip
+    checks = {c["model"]: c for c in result["checks"]}
+    figures = checks["mlp"]["figures"]
+    for threat in ("linf:0.3", "l2:0.5714"):  # the literature's radii for 8x8 grey images
+        f = figures[threat]
+        assert 0 <= f["certified"] <= f["robust"] <= 1
+        assert f["curve"]["certified"] == sorted(f["curve"]["certified"], reverse=True)
+    assert "crown-ibp" in figures["linf:0.3"]["by_certificate"]
+    # max-pooling: bound propagation cannot bound it, the Lipschitz margin still applies
+    pooled_figures = checks["pooled"]["figures"]
+    assert "MaxPool2d" in pooled_figures["notes"]["bound"]
+    assert set(pooled_figures["linf:0.3"]["by_certificate"]) == {"lipschitz"}

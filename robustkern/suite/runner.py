@@ -22,6 +22,7 @@ from robustkern.checks import check_finite, warn_unusual_eps
 from robustkern.data import eps_text
 from robustkern.modes import eval_mode, model_device
 from robustkern.suite import (  # noqa: F401  (each module declares its checks)
+    certified,
     fitting,
     generator,
     indicators,
@@ -49,7 +50,7 @@ from robustkern.training.tradeoff import Tradeoff
 # The report's order; each check is declared beside its function (``core.check``).
 ORDER = (
     "capacity", "first_layer_filters", "generator", "white_box", "masking", "unbounded",
-    "min_distortion", "transfer", "lipschitz", "fourier", "corruptions", "trajectory",
+    "min_distortion", "certified", "transfer", "lipschitz", "fourier", "corruptions", "trajectory",
     "randomisation", "tradeoff", "units",
 )  # fmt: skip
 CHECKS = tuple(REGISTRY[name] for name in ORDER)
