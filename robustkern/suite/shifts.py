@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from robustkern import corruptions, fourier
 from robustkern.stats import percent_with_interval
 from robustkern.suite.budget import Knob
-from robustkern.suite.core import OVERHEAD, Outcome, Suite, check, percent
+from robustkern.suite.core import OVERHEAD, Outcome, Suite, check, image_grid, percent
+
+EXAMPLE_SEVERITY = 3
 
 
 def fourier_eps(shape) -> float:
@@ -82,15 +85,18 @@ def _corruptions_cost(suite: Suite, name: str, sizes) -> float:
     scored = 2 if name != next(iter(suite.models)) else 1  # the first model is the baseline
     cells = len(corruptions.CORRUPTIONS) * len(corruptions.SEVERITIES)
     calls = cells * scored * math.ceil(images / 256)
-    return cells * images * c.corrupt + c.forwards(cells * scored * images, calls) + 2 * OVERHEAD
+    examples = OVERHEAD if scored == 1 else 0.0  # the example figure, with the first model
+    return (cells * images * c.corrupt + c.forwards(cells * scored * images, calls)
+            + 2 * OVERHEAD + examples)  # fmt: skip
 
 
 @check(
     "corruptions", "Common corruptions", """
-    Accuracy, with 95 % intervals, under natural shifts (noise, blur, contrast, brightness, fog,
-    pixelation, low- and high-pass filtering) at five severities each (Hendrycks & Dietterich),
-    with the corruption error relative to the first model when there are several. Robustness to
-    adversarial perturbations and to these shifts do not come together for free.""",
+    Accuracy, with 95 % intervals, under the 15 common corruptions of ImageNet-C / CIFAR-10-C
+    (noise, blur, weather, digital), their 4 extra ones and low- and high-pass filtering, at five
+    severities each (Hendrycks & Dietterich), with the corruption error (mCE over the 15)
+    relative to the first model when there are several. Robustness to adversarial
+    perturbations and to these shifts do not come together for free.""",
     knobs={"images": Knob(50, 500)}, cost=_corruptions_cost, priority=3, weight=2.0,
 )  # fmt: skip
 def common_corruptions(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
@@ -109,6 +115,9 @@ def common_corruptions(suite: Suite, name: str, model: nn.Module, sizes) -> Outc
         ),
     )
     corruptions.plot_report(report, path)
+    images = [image]
+    if baseline is None:  # the examples do not depend on the model: shown with the first
+        images.append(_examples(suite, x[:1], list(report.accuracy), report.table, name))
     n = len(x)
     rows = [
         [c, *(percent_with_interval(round(a * n), n) for a in row), percent(sum(row) / len(row))]
@@ -137,5 +146,23 @@ def common_corruptions(suite: Suite, name: str, model: nn.Module, sizes) -> Outc
                 "rows": rows,
             }
         ],
-        [image],
+        images,
+    )
+
+
+def _examples(suite: Suite, x, names: list[str], table: str, name: str) -> dict:
+    """One test image, clean and under each corruption at severity ``EXAMPLE_SEVERITY``."""
+    lo, hi = suite.bounds
+    shown = [x] + [
+        corruptions.corrupt(x, c, EXAMPLE_SEVERITY, generator=suite.generator(),
+                            bounds=suite.bounds, table=table)
+        for c in names
+    ]  # fmt: skip
+    fig = image_grid((torch.cat(shown) - lo) / (hi - lo), ["clean", *names], columns=6, size=1.4)
+    return suite.save(
+        fig,
+        "corruption_examples",
+        name,
+        caption=f"the first test image under each corruption at severity {EXAMPLE_SEVERITY} "
+        f"({table} severities)",
     )
