@@ -45,3 +45,9 @@ def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = Non
         )
     z_t = z.gather(1, target[:, None]).squeeze(1)
     return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+def search_margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> tuple:
+    """A random search's objective from one query: (margin to minimise, fooled) per sample."""
+    m = margin(logits, y)
+    return (-m if targeted else m), is_adversarial(logits, y, targeted)

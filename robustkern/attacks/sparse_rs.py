@@ -25,8 +25,9 @@ import math
 
 import torch
 
-from robustkern.attacks.losses import is_adversarial, margin
+from robustkern.attacks.losses import is_adversarial, search_margin
 from robustkern.attacks.results import finish
+from robustkern.attacks.steps import leave_batch
 from robustkern.checks import check_inputs, check_logits
 from robustkern.types import Bounds
 
@@ -122,9 +123,7 @@ class _Search:
 
     def _margin(self, x, y):
         """(margin to minimise, fooled) per sample: one query."""
-        logits = self.model(x)
-        m = margin(logits, y)
-        return (-m if self.targeted else m), is_adversarial(logits, y, self.targeted)
+        return search_margin(self.model(x), y, self.targeted)
 
     def __call__(self, x_nat, y):
         n, device = x_nat.shape[0], x_nat.device
@@ -138,7 +137,7 @@ class _Search:
         s["m"], fooled = self._margin(x, y)
         for i in range(1, self.queries):
             if bool(fooled.any()):
-                fooled = self._drop(s, fooled, out, found, used, i)
+                fooled = leave_batch(s, fooled, out, found, used, i)
                 if s["row"].numel() == 0:
                     break
             share = max(int(p_schedule(i, self.queries, self.p_init) * self.k), 1)
@@ -151,16 +150,6 @@ class _Search:
         rows = s["row"]  # the samples that used the whole budget
         out[rows], found[rows], used[rows] = s["x"], fooled, self.queries
         return out, found, used
-
-    @staticmethod
-    def _drop(s, fooled, out, found, used, queries_so_far):
-        """The fooled samples leave the batch with their point and query count."""
-        rows = s["row"][fooled]
-        out[rows], found[rows], used[rows] = s["x"][fooled], True, queries_so_far
-        keep = ~fooled
-        for key in ("row", "x_nat", "y", "x", "o", "m"):
-            s[key] = s[key][keep]
-        return fooled[keep]
 
     def _propose(self, s, share):
         """(image, order) with ``share`` pixels of the set back at x_nat and as many from

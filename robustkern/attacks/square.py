@@ -31,9 +31,10 @@ import math
 import torch
 
 from robustkern import ops
-from robustkern.attacks.losses import is_adversarial, margin
+from robustkern.attacks.losses import is_adversarial, search_margin
 from robustkern.attacks.pgd import NORMS
 from robustkern.attacks.results import finish
+from robustkern.attacks.steps import leave_batch
 from robustkern.checks import check_choice, check_eps, check_inputs, check_logits
 from robustkern.types import Bounds, PerSample
 
@@ -166,9 +167,7 @@ class _Search:
     def _margin(self, x, y):
         """(margin to minimise, fooled) per sample: one query."""
         with torch.no_grad():
-            logits = self.model(x)
-        m = margin(logits, y)
-        return (-m if self.targeted else m), is_adversarial(logits, y, self.targeted)
+            return search_margin(self.model(x), y, self.targeted)
 
     def __call__(self, x_nat, y, eps):
         n, device = x_nat.shape[0], x_nat.device
@@ -180,7 +179,7 @@ class _Search:
         s["m"], fooled = self._margin(s["x"], y)
         for i in range(self.queries - 1):
             if bool(fooled.any()):
-                fooled = self._drop(s, fooled, out, found, used, i + 1)
+                fooled = leave_batch(s, fooled, out, found, used, i + 1)
                 if s["row"].numel() == 0:
                     break
             x_new = self._propose(s, p_schedule(i, self.queries, self.p_init))
@@ -191,16 +190,6 @@ class _Search:
         rows = s["row"]  # the samples that used the whole budget
         out[rows], found[rows], used[rows] = s["x"], fooled, self.queries
         return out, found, used
-
-    @staticmethod
-    def _drop(s, fooled, out, found, used, queries_so_far):
-        """The fooled samples leave the batch with their point and query count."""
-        rows = s["row"][fooled]
-        out[rows], found[rows], used[rows] = s["x"][fooled], True, queries_so_far
-        keep = ~fooled
-        for key in ("row", "x_nat", "y", "e", "x", "m"):
-            s[key] = s[key][keep]
-        return fooled[keep]
 
     def _start(self, x_nat, e):
         """L-inf: vertical stripes of +-eps; L2, L1: a grid of eta blocks with random signs put at

@@ -73,3 +73,15 @@ def box_diameter(x: torch.Tensor, norm: str, bounds: Bounds) -> float:
     """The largest distance between two points of the input box (one sample of x's shape)."""
     width = float(bounds[1]) - float(bounds[0])
     return width * {"linf": 1, "l2": math.sqrt(x[0].numel()), "l1": x[0].numel()}[norm]
+
+
+def leave_batch(s: dict, fooled, out, found, used, queries_so_far) -> torch.Tensor:
+    """A random search's fooled samples leave its batch with their point ``s["x"]`` and query
+    count; ``s`` holds per-sample tensors only, ``s["row"]`` their rows of the outputs. Returns
+    ``fooled`` for the samples left (all False)."""
+    rows = s["row"][fooled]
+    out[rows], found[rows], used[rows] = s["x"][fooled], True, queries_so_far
+    keep = ~fooled
+    for key in s:
+        s[key] = s[key][keep]
+    return fooled[keep]
