@@ -3,6 +3,8 @@
 * ``fc``: fully connected nets as in Szegedy et al. (sigmoid hidden units, softmax output
   applied by the loss); ``hidden=()`` is their plain softmax classifier.
 * ``small_cnn``: two conv stages and a small head; works for any input size >= 4x4.
+* ``cert_cnn``: strided convolutions and ReLUs only (no max-pool, no BatchNorm), the kind of
+  model bound propagation certifies and certified training (IBP, CROWN-IBP) trains.
 * ``resnet``: CIFAR-style ResNet of basic blocks; ``small_resnet`` and ``resnet18`` are presets.
 
 Users' own models come in through ``from_spec("module:factory", weights)`` or, as whole
@@ -47,6 +49,29 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> n
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(4), nn.Flatten(),
         nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )  # fmt: skip
+
+
+def cert_cnn(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    image_size: int = 28,
+    width: int = 16,
+    hidden: int = 100,
+) -> nn.Sequential:
+    """conv4x4(w, stride 2)-relu, conv4x4(2w, stride 2)-relu, fc(hidden)-relu, fc(classes):
+    CROWN-IBP's 2-layer CNN (Zhang et al. 2020; close to Gowal et al.'s "small"), certifiable
+    by ``robustkern.certify`` (max-pool has no bound rule; BatchNorm would need batch statistics
+    in training). image_size: the inputs' height and width in pixels (>= 4), which fixes the
+    first fully connected layer's size; the 28 default is MNIST's."""
+    if image_size < 4:
+        raise ValueError(f"image_size must be >= 4, got {image_size}")
+    side = image_size // 4  # each 4x4 convolution of stride 2 and padding 1 halves it (floor)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * width * side * side, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )  # fmt: skip
 
 

@@ -303,8 +303,9 @@ def _no_training(*_):
 # settings must refuse each. A new TrainConfig field without an entry here fails the test.
 CHANGED = {
     "method": "trades", "eps": 0.2, "norm": "l2", "steps": 2, "alpha": 0.05, "beta": 3.0,
-    "eps_warmup": 1, "epochs": 2, "batch_size": 16, "optimizer": "sgd", "lr": 0.01,
-    "momentum": 0.5, "lr_schedule": "cosine", "weight_decay": 0.1, "amp": "bf16",
+    "eps_warmup": 1, "kappa": 0.3, "ramp_start": 0.5, "ramp_length": 0.5, "epochs": 2,
+    "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "lr_schedule": "cosine",
+    "weight_decay": 0.1, "amp": "bf16",
     "channels_last": True, "bounds": (-1.0, 1.0), "val_steps": 2, "train_eval": 5,
     "patience": 2, "restore_best": False, "track": (1,), "track_every": 1, "seed": 1,
 }  # fmt: skip

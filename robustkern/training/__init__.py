@@ -1,4 +1,5 @@
-"""Training: ``adversarial_loss`` for any loop (PGD-AT, FGSM-RS, TRADES), the trainer ``fit``
+"""Training: ``adversarial_loss`` for any loop (PGD-AT, FGSM-RS, TRADES, Gaussian noise, certified
+training by IBP and CROWN-IBP), the trainer ``fit``
 (its options in ``TrainConfig``: schedules, AMP, robust early stopping, checkpoints with resume,
 DDP under torchrun) and the eps trade-off sweep ``tradeoff``."""
 

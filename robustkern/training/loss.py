@@ -1,5 +1,6 @@
-"""The adversarial loss for any training loop: PGD-AT, fast FGSM with random start, TRADES, and
-Gaussian noise augmentation (the base classifier of randomised smoothing)."""
+"""The adversarial loss for any training loop: PGD-AT, fast FGSM with random start, TRADES,
+Gaussian noise augmentation (the base classifier of randomised smoothing) and certified
+training on bound-propagation margins (IBP, CROWN-IBP)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from robustkern.attacks import NORMS, pgd
 from robustkern.attacks.gradients import loss_and_grad
 from robustkern.attacks.pgd import L1_SPARSITY
 from robustkern.attacks.steps import broadcast, noise_like
+from robustkern.certify.propagation import NORMS as CERTIFIED_NORMS
+from robustkern.certify.propagation import margin_bounds
 from robustkern.checks import (
     attacking_for_training,
     check_choice,
@@ -24,7 +27,9 @@ from robustkern.checks import (
 from robustkern.modes import eval_mode
 from robustkern.types import Bounds, PerSample, Shard
 
-METHODS = ("standard", "pgd", "fgsm-rs", "trades", "gaussian")
+CERTIFIED = ("ibp", "crown-ibp")  # trained on certified margins, not on attacks
+METHODS = ("standard", "pgd", "fgsm-rs", "trades", "gaussian", *CERTIFIED)
+FINAL_KAPPA = {"ibp": 0.5, "crown-ibp": 0.0}  # Gowal et al.; Zhang et al.'s kappa 1 -> 0
 
 
 def adversarial_loss(
@@ -38,6 +43,8 @@ def adversarial_loss(
     steps: int = 10,
     alpha: float | None = None,
     beta: float = 6.0,
+    kappa: float | None = None,
+    crown_weight: float = 1.0,
     attack_in_eval: bool | None = None,
     bounds: Bounds = (0.0, 1.0),
     generator: torch.Generator | None = None,
@@ -56,7 +63,14 @@ def adversarial_loss(
     the KL term in ``steps`` steps of ``alpha`` = eps / 4 from x + 0.001 N(0, 1)) or
     "gaussian" (Cohen et al.'s training for randomised smoothing: cross-entropy at x + eps
     N(0, I), eps the noise's standard deviation sigma (> 0), the noise not clipped to the
-    bounds, as in their code).
+    bounds, as in their code), or the certified methods "ibp" (Gowal et al.) and "crown-ibp"
+    (Zhang et al.): kappa CE(f(x), y) + (1 - kappa) CE(-m, y), m (N, classes) the lower bounds
+    on logit_y - logit_j over the eps-ball (``certify.margin_bounds``, in x's dtype, so -m is
+    the worst-case logit vector); for "crown-ibp" m = crown_weight m_CROWN-IBP + (1 -
+    crown_weight) m_IBP. kappa (in [0, 1]; None: the method's final value, 0.5 for "ibp", 0
+    for "crown-ibp") and crown_weight (in [0, 1]) are what ``fit`` ramps; the model must be
+    certifiable (``certify.graph.SUPPORTED``; no BatchNorm or dropout in train mode), e.g.
+    ``models.cert_cnn``, and norm "linf" or "l2".
 
     The attack takes input gradients only: parameters' ``.grad`` change only when you call
     backward on the result. It runs in the model's current mode for "pgd" and "fgsm-rs" (as
@@ -67,8 +81,8 @@ def adversarial_loss(
     ``shard=(offset, total)``: x is rows offset.. of a global batch of ``total`` split over
     ranks; random starts are drawn as for the whole batch, so results do not depend on the
     number of ranks (the Gaussian noise too). ``return_logits``: also return the logits the loss
-    was computed on (at x' for the adversarial methods; at x for "standard", at the noisy x for
-    "gaussian"), detached, for accuracy bookkeeping."""
+    was computed on (at x' for the adversarial methods; at x for "standard" and the certified
+    methods, at the noisy x for "gaussian"), detached, for accuracy bookkeeping."""
     labels = check_inputs(x, y, bounds)
     check_choice(method, METHODS, "method")
     check_choice(norm, NORMS, "norm")
@@ -77,6 +91,10 @@ def adversarial_loss(
     if steps < 1 or beta < 0:
         raise ValueError(f"steps must be >= 1 and beta >= 0, got {steps} and {beta}")
     eps = check_eps(eps, x.shape[0], finite=True)
+    if method in CERTIFIED:
+        loss, logits = _certified_loss(model, x, y, method, eps, norm, kappa, crown_weight,
+                                       bounds, labels)  # fmt: skip
+        return (loss, logits.detach()) if return_logits else loss
     if method in ("standard", "gaussian"):
         logits = model(x if method == "standard" else gaussian_noise(x, eps, generator, shard))
         check_logits(logits, x.shape[0], labels)
@@ -117,6 +135,31 @@ def gaussian_noise(
         raise ValueError("method 'gaussian' needs eps > 0: the noise's standard deviation sigma")
     noise = noise_like(x, lambda t: t.normal_(generator=generator), shard)
     return x + broadcast(sigma, x) * noise
+
+
+def _certified_loss(model, x, y, method, eps, norm, kappa, crown_weight, bounds, labels):
+    """(loss, logits at x) of the certified methods (see ``adversarial_loss``)."""
+    kappa = FINAL_KAPPA[method] if kappa is None else kappa
+    if norm not in CERTIFIED_NORMS:
+        raise ValueError(f"method {method!r} bounds L-inf or L2 balls: norm must be one of "
+                         f"{CERTIFIED_NORMS}, got {norm!r}")  # fmt: skip
+    if not (0 <= kappa <= 1 and 0 <= crown_weight <= 1):
+        raise ValueError(f"kappa and crown_weight must be in [0, 1], got {kappa}, {crown_weight}")
+    logits = model(x)
+    check_logits(logits, x.shape[0], labels)
+    natural = F.cross_entropy(logits, y)
+    if kappa == 1 or (not isinstance(eps, torch.Tensor) and eps == 0):
+        return natural, logits  # at eps 0, -m is the logits shifted by logit_y: the same CE
+    # the bounds trace the bare network; the natural forward above went through any DDP
+    # wrapper and reaches every parameter, so the gradients are still synchronised
+    target = model.module if isinstance(model, DistributedDataParallel) else model
+    args = dict(eps=eps, norm=norm, bounds=bounds, dtype=None)
+    mix = {"crown-ibp": crown_weight, "ibp": 1 - crown_weight} if method == "crown-ibp" else {
+        "ibp": 1.0}  # fmt: skip
+    with torch.autocast(x.device.type, enabled=False):  # bounds in x's dtype, not AMP's
+        margin = sum(w * margin_bounds(target, x, y, method=m, **args)
+                     for m, w in mix.items() if w > 0)  # fmt: skip
+    return kappa * natural + (1 - kappa) * F.cross_entropy(-margin, y), logits
 
 
 def _trades_point(model, x, eps, norm, steps, alpha, bounds, generator, labels, shard):

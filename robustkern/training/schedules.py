@@ -1,5 +1,5 @@
 """The learning-rate and weight-decay schedules of the literature, as functions of training
-progress t in (0, 1]."""
+progress t in (0, 1], and the certified methods' ramp, a function of training time in epochs."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ def weight_decay_at(weight_decay: float | tuple[float, float], t: float) -> floa
         return float(weight_decay)
     start, end = weight_decay
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def ramp(epoch: float, start: float, length: float) -> float:
+    """0 until training time ``epoch`` passes ``start``, then linear to 1 at ``start + length``
+    (a step at ``start`` when length is 0), then 1: the certified methods' eps, kappa and
+    CROWN-weight ramps (all in epochs)."""
+    if epoch <= start:
+        return 0.0
+    return 1.0 if epoch >= start + length else (epoch - start) / length

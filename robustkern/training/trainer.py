@@ -1,11 +1,11 @@
 """The trainer: ``fit(model, train_data, val_data, config, **overrides) -> History``.
 
-Standard and adversarial training (PGD-AT, FGSM-RS, TRADES through ``adversarial_loss``) with
-the schedules the literature uses, AMP, channels_last, robust validation with early stopping,
-probability trajectories of chosen images, atomic checkpoints with exact resume after a kill,
-and DistributedDataParallel when torch.distributed is initialised (e.g. under ``torchrun``).
-The options are ``TrainConfig``'s fields; batching is ``batches``, validation ``validation``,
-checkpoints ``checkpoint``, the record ``history``.
+Standard, adversarial (PGD-AT, FGSM-RS, TRADES) and certified (IBP, CROWN-IBP) training through
+``adversarial_loss`` with the schedules the literature uses, AMP, channels_last, robust
+validation with early stopping, probability trajectories of chosen images, atomic checkpoints
+with exact resume after a kill, and DistributedDataParallel when torch.distributed is initialised
+(e.g. under ``torchrun``). The options are ``TrainConfig``'s fields; batching is ``batches``,
+validation ``validation``, checkpoints ``checkpoint``, the record ``history``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from robustkern.training import checkpoint, validation
 from robustkern.training.batches import Batches, TrainData, rows, stack
 from robustkern.training.config import TrainConfig, config_from
 from robustkern.training.history import History
-from robustkern.training.loss import adversarial_loss
+from robustkern.training.loss import CERTIFIED, adversarial_loss
 from robustkern.training.schedules import lr_factor, weight_decay_at
 
 
@@ -48,22 +48,26 @@ def fit(
             ``batch_size``. A DataLoader is iterated as given (shuffling seeded per epoch;
             under DDP it must shard, e.g. with a DistributedSampler).
         val_data: the same forms, for validation at each epoch end (clean accuracy and, when
-            eps > 0, PGD accuracy with ``val_steps`` steps), early stopping and the best epoch.
+            eps > 0, PGD accuracy with ``val_steps`` steps; for the certified methods the
+            IBP-verified accuracy at eps), early stopping and the best epoch.
         config: a ``TrainConfig`` (default: its defaults).
         **overrides: ``TrainConfig`` fields replacing the config's, e.g. ``method="pgd",
             eps=0.3, epochs=10``. The main ones: method ("standard", "pgd", "fgsm-rs",
-            "trades", "gaussian"; see ``adversarial_loss``) at radius eps (input units) in
-            norm (for "gaussian" eps is the noise's sigma, validated under that noise);
-            eps_warmup (epochs to ramp eps from 0: large radii such as MNIST's 0.3 otherwise
-            leave PGD-AT at chance); optimizer "sgd" / "adam" / "adamw", lr (0.1 for SGD,
-            1e-3 otherwise), lr_schedule (``lr_factor``), weight_decay (a number or (start,
-            end) annealed: ``weight_decay_at``) — the published PGD-AT recipe is SGD, 0.1,
-            "piecewise", 5e-4, Wong et al.'s FGSM-RS "cyclic" at 0.2; amp "bf16" or "fp16"
-            (with a GradScaler), channels_last; patience (stop after that many epochs without
-            a better validation score: robust overfitting, Rice et al.) and restore_best;
-            track (indices of validation, else training, images whose class probabilities
-            are recorded at the start, each epoch end and every track_every steps);
-            checkpoint (a file written atomically at each epoch end and every
+            "trades", "gaussian", "ibp", "crown-ibp"; see ``adversarial_loss``) at radius eps
+            (input units) in norm (for "gaussian" eps is the noise's sigma, validated under
+            that noise); eps_warmup (epochs to ramp eps from 0: large radii such as MNIST's
+            0.3 otherwise leave PGD-AT at chance); for "ibp" and "crown-ibp" (a certifiable
+            model such as ``models.cert_cnn``) natural training for ramp_start epochs, then
+            eps, kappa and the CROWN-IBP weight ramped over ramp_length epochs to eps, kappa
+            and 0 (``TrainConfig.certified_ramps``); optimizer "sgd" / "adam" / "adamw", lr
+            (0.1 for SGD, 1e-3 otherwise), lr_schedule (``lr_factor``), weight_decay (a
+            number or (start, end) annealed: ``weight_decay_at``) — the published PGD-AT
+            recipe is SGD, 0.1, "piecewise", 5e-4, Wong et al.'s FGSM-RS "cyclic" at 0.2; amp
+            "bf16" or "fp16" (with a GradScaler), channels_last; patience (stop after that
+            many epochs without a better validation score: robust overfitting, Rice et al.)
+            and restore_best; track (indices of validation, else training, images whose class
+            probabilities are recorded at the start, each epoch end and every track_every
+            steps); checkpoint (a file written atomically at each epoch end and every
             checkpoint_every steps: a run that finds it and resume=True continues and gives
             the uninterrupted run's history; one from other settings is refused, naming
             them; under DDP only rank 0 writes it).
@@ -197,15 +201,21 @@ class _Trainer:
         )
         with amp:
             return adversarial_loss(
-                self.net, x, y, method=config.method, eps=self._eps_now(), norm=config.norm,
-                steps=config.steps, alpha=config.alpha, beta=config.beta, bounds=config.bounds,
-                generator=generator, shard=shard, return_logits=True,
+                self.net, x, y, method=config.method, norm=config.norm, steps=config.steps,
+                alpha=config.alpha, beta=config.beta, bounds=config.bounds,
+                generator=generator, shard=shard, return_logits=True, **self._ramped(),
             )  # fmt: skip
 
-    def _eps_now(self) -> float:
-        """The training eps at this step: ramped linearly from 0 over ``eps_warmup`` epochs."""
-        ramp = self.config.eps_warmup * self.batches.per_epoch
-        return self.config.eps * min(1.0, (self.step + 1) / ramp) if ramp else self.config.eps
+    def _ramped(self) -> dict:
+        """The training eps at this step: ramped linearly from 0 over ``eps_warmup`` epochs, or
+        for the certified methods, with kappa and the CROWN weight, on their ramps."""
+        config = self.config
+        if config.method in CERTIFIED:
+            when = (self.step + 1) / self.batches.per_epoch
+            return dict(zip(("eps", "kappa", "crown_weight"), config.certified_ramps(when),
+                            strict=True))  # fmt: skip
+        ramp = config.eps_warmup * self.batches.per_epoch
+        return {"eps": config.eps * min(1.0, (self.step + 1) / ramp) if ramp else config.eps}
 
     def _update(self, loss: torch.Tensor) -> None:
         t = min(1.0, (self.step + 1) / self.total_steps)

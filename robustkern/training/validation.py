@@ -14,14 +14,15 @@ from robustkern.evaluation import evaluate
 from robustkern.modes import eval_mode
 from robustkern.training.batches import length, rows
 from robustkern.training.config import TrainConfig
-from robustkern.training.loss import gaussian_noise
+from robustkern.training.loss import CERTIFIED, gaussian_noise
 
 
 def accuracies(model, data, config: TrainConfig, seed_key: tuple, device, rank: int, world: int):
     """(clean, robust) accuracy of ``model`` on ``data`` (robust None when eps is 0), each rank
     scoring its share and the counts summed over ranks; robust under PGD with
     ``config.val_steps`` steps and a random start seeded by ``seed_key`` and the rank (method
-    "gaussian": correct on x and on one draw of x + eps N(0, I), the same seeding)."""
+    "gaussian": correct on x and on one draw of x + eps N(0, I), the same seeding; "ibp" and
+    "crown-ibp": verified by IBP at eps, what they train for, cheap and deterministic)."""
     if data is None:
         return None, None
     if world > 1 and not isinstance(data, DataLoader):
@@ -32,9 +33,14 @@ def accuracies(model, data, config: TrainConfig, seed_key: tuple, device, rank: 
                    bounds=config.bounds) if attack == "pgd" else {}  # fmt: skip
     if config.method == "gaussian":  # scored under the noise it trains for, not PGD at sigma
         attack, options = _gaussian, dict(sigma=config.eps, generator=g)
+    certified = config.method in CERTIFIED
+    if certified:
+        attack, options = "none", dict(eps=config.eps, norm=config.norm, bounds=config.bounds,
+                                       certify="ibp")  # fmt: skip
     result = evaluate(model, data, attack, device=device, progress=False, **options)
+    robust = result.certified_correct if certified else result.robust_correct
     counts = torch.tensor(
-        [result.clean_correct.sum(), result.robust_correct.sum(), result.n],
+        [result.clean_correct.sum(), robust.sum(), result.n],
         dtype=torch.float64, device=device,
     )  # fmt: skip
     if world > 1:
