@@ -201,6 +201,19 @@ def test_train_compares_methods_and_resumes(capsys, tmp_path):
     assert code == 0 and again.split("test accuracy")[1] == text.split("test accuracy")[1]
 
 
+def test_train_certified_with_its_ramp(capsys, tmp_path):
+    argv = ["train", "--data", "digits", "--method", "ibp", "--model",
+            "robustkern.models:cert_cnn", "--model-kwargs", '{"image_size": 8}', "--eps", "0.05",
+            "--epochs", "3", "--kappa", "0.5", "--limit", "100", "--no-progress"]  # fmt: skip
+    code, text, _ = run(capsys, *argv, "--ramp", "1", "1", "--out", str(tmp_path / "a"))
+    assert code == 0 and "ibp 0.05" in text, text
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert 0 <= result["test_robust_acc"] <= result["test_clean_acc"] <= 1
+    # the flags reach the config: a ramp past the last epoch is refused
+    code, _, err = run(capsys, *argv, "--ramp", "2", "2", "--out", str(tmp_path / "b"))
+    assert code == 2 and "ramp" in err, err
+
+
 def test_tradeoff_command(capsys, tmp_path):
     out = tmp_path / "tradeoff"
     argv = ["tradeoff", "--data", "digits", "--eps", "0.1", "0.2", "--epochs", "1", "--steps",

@@ -118,6 +118,14 @@ def add_training(p: argparse.ArgumentParser) -> None:
         "--eps-warmup", type=COUNT, default=0, metavar="EPOCHS",
         help="ramp the training eps up from 0 over this many epochs",
     )  # fmt: skip
+    p.add_argument(
+        "--kappa", type=float, default=None,
+        help="ibp, crown-ibp: final weight of the natural loss (0.5 and 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ramp", type=float, nargs=2, default=None, metavar=("START", "LENGTH"),
+        help="ibp, crown-ibp: the eps and kappa ramp's start and length in epochs",
+    )  # fmt: skip
     p.add_argument("--epochs", type=POSITIVE, default=10)
     p.add_argument("--batch-size", type=POSITIVE, default=128)
     p.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam")

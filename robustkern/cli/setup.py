@@ -111,7 +111,10 @@ def fit_config(args) -> training.TrainConfig:
     wd = args.weight_decay[0] if len(args.weight_decay) == 1 else tuple(args.weight_decay)
     return training.TrainConfig(
         norm=args.norm, steps=args.steps, alpha=args.alpha, beta=args.beta,
-        eps_warmup=args.eps_warmup, epochs=args.epochs, batch_size=args.batch_size,
+        eps_warmup=args.eps_warmup, kappa=args.kappa,
+        ramp_start=args.ramp[0] if args.ramp else None,
+        ramp_length=args.ramp[1] if args.ramp else None,
+        epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, weight_decay=wd,
         amp=args.amp, channels_last=args.channels_last, patience=args.patience,
         device=args.device, progress=not args.no_progress, bounds=args.bounds, seed=args.seed,

@@ -13,7 +13,9 @@ from robustkern.data import eps_text
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "train", help="standard or adversarial training (pgd, fgsm-rs, trades); torchrun for DDP"
+        "train",
+        help="standard, adversarial (pgd, fgsm-rs, trades), certified (ibp, crown-ibp) or "
+        "noise (gaussian) training; torchrun for DDP",
     )
     add_training(p)
     p.add_argument(
