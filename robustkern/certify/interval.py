@@ -1,6 +1,8 @@
 """Interval bound propagation (Gowal et al. 2018): each node's elementwise lower and upper bound
 over the input set, layer by layer; an affine map moves the interval's centre and scales its
-radius by the absolute weights.
+radius by the absolute weights (two maps), and one with non-negative weights (pooling, reshapes)
+takes the lower bound to the lower and the upper to the upper (two maps, no arithmetic around
+them).
 
 While a node is a diagonal image of the input (the input itself, then per-channel scales such as
 ``Normalize`` and BatchNorm, and reshapes), its interval is exact. For an L2 input set the first
@@ -18,6 +20,7 @@ import torch
 
 from robustkern.certify.graph import Node
 from robustkern.certify.inputs import InputSet
+from robustkern.certify.layers import AffineMap
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -64,6 +67,8 @@ def propagate(nodes: list[Node], inputs: InputSet) -> Intervals:
 
 
 def _affine(node: Node, lower: torch.Tensor, upper: torch.Tensor) -> Interval:
+    if type(node.op).abs_linear is AffineMap.abs_linear:  # the contract: non-negative weights
+        return node.op(lower), node.op(upper)
     centre, radius = node.op((upper + lower) / 2), node.op.abs_linear((upper - lower) / 2)
     return centre - radius, centre + radius
 
