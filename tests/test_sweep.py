@@ -747,6 +747,6 @@ def test_sweep_files_name_fab_autoattacks_versions_and_l1(tmp_path):
         ("fab", "l2"), ("plus", "linf"), ("rand", "linf"), ("apgd", "l1"), ("standard", "l1"),
     ]  # fmt: skip
     assert loaded.attacks[2].params == {"eot": 4}
-    bad = RANDOM_CNN + '\n[[attacks]]\nname = "min-norm"\nnorm = "l1"\neps = [1.0]\n'
-    with pytest.raises(sweep.SweepError, match="min-norm runs in L-inf and L2"):
+    bad = RANDOM_CNN + '\n[[attacks]]\nname = "min-norm"\nnorm = "l0"\neps = [1.0]\n'
+    with pytest.raises(sweep.SweepError, match="min-norm attacks in linf or l2 or l1, not 'l0'"):
         sweep.load(write_sweep(tmp_path, bad))
