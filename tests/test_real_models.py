@@ -24,9 +24,9 @@ def _data(n, channels, size, classes, seed):
     ("build", "channels", "size", "classes", "budget"),
     [
         (lambda: nets.resnet18(normalize=True), 3, 32, 10, 25),
-        (nets.mobilenet, 3, 32, 10, 20),
+        (nets.mobilenet, 3, 32, 10, 25),
         (nets.imagenet_head, 3, 64, 1000, 30),
-        (lambda: nets.resnet18(in_channels=1), 1, 28, 10, 20),
+        (lambda: nets.resnet18(in_channels=1), 1, 28, 10, 30),
     ],
     ids=["resnet18-normalize", "mobilenet", "imagenet-1000-64px", "resnet18-grey"],
 )

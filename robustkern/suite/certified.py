@@ -13,6 +13,7 @@ from robustkern.modes import eval_mode
 from robustkern.stats import percent_with_interval
 from robustkern.suite.budget import Knob
 from robustkern.suite.core import OVERHEAD, Outcome, Skip, Suite, check, percent
+from robustkern.suite.inspection import _lipschitz_cost
 from robustkern.suite.white_box import targets
 
 BOUND = "crown-ibp"  # CROWN's backward pass over IBP's intermediate bounds: never looser than IBP
@@ -25,7 +26,7 @@ def _cost(suite: Suite, name: str, sizes) -> float:
     per_threat = c.attack(images, steps * (1 + targets(suite)))  # APGD-CE, APGD-T at eps
     per_threat += c.attack(images, steps, early_stop=False)  # FMN's curve
     per_threat += c.forwards(images * CERTIFY_FORWARDS * len(GRID), len(GRID))
-    return len(suite.threats) * per_threat + OVERHEAD
+    return len(suite.threats) * per_threat + _lipschitz_cost(suite, name) + OVERHEAD
 
 
 @check(

@@ -178,7 +178,7 @@ def _l2_table(suite: Suite, lbfgs_dist, lbfgs_seconds, others: dict, steps: int)
     distances that FMN, DDN and Carlini-Wagner find on the same images (papers report the
     median): the closest attack sets the number to quote.""",
     knobs={"images": Knob(10, 50), "search_steps": Knob(3, 8), "iterations": Knob(15, 60),
-           "steps": Knob(20, 100, keep=0.5)},
+           "steps": Knob(10, 100, keep=0.5)},
     cost=_min_distortion_cost, priority=7, weight=1.0,
 )  # fmt: skip
 def min_distortion(suite: Suite, name: str, model: nn.Module, sizes) -> Outcome:
