@@ -91,7 +91,7 @@ def _verified(model, x, y, eps, t, lipschitz, notes) -> dict[str, torch.Tensor]:
         try:
             out[BOUND] = certify.verified(model, x, y, eps=eps, norm=t.norm, method=BOUND)
         except certify.UnsupportedLayerError as e:
-            notes["bound"] = f"bound propagation: {e}".split(". Supported")[0]
+            notes["bound"] = str(e).split(". Supported")[0]  # names the layer
     if lipschitz is not None:
         out["lipschitz"] = certify.lipschitz_verified(model, x, y, eps=eps, norm=t.norm,
                                                       lipschitz=lipschitz)  # fmt: skip

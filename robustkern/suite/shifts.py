@@ -128,8 +128,8 @@ def common_corruptions(suite: Suite, name: str, model: nn.Module, sizes) -> Outc
     worst = min(report.accuracy, key=lambda c: sum(report.accuracy[c]))
     summary = (
         f"clean {percent_with_interval(round(report.clean_accuracy * n), n)} on {n} images, "
-        "mean under corruptions "
-        f"{percent(report.mean_accuracy)}; worst: {worst} "
+        "mean under the 15 ImageNet-C corruptions "
+        f"{percent(report.group_accuracy('ImageNet-C'))}; worst: {worst} "
         f"({percent(sum(report.accuracy[worst]) / severities)} on average)"
     )
     if baseline is not None:
