@@ -203,3 +203,44 @@ def test_a_time_budget_stops_after_the_batch_that_fills_it(digits_model):
     assert "[" in str(short)  # accuracies with their 95 % intervals
     saved = short.to_dict()
     assert saved["n"] == 20 and saved["of"] == 200 and len(saved["robust_interval"]) == 2
+
+
+def _layouts(model) -> list[bool]:
+    return [p.is_contiguous() for p in model.parameters() if p.dim() == 4]
+
+
+def test_a_cnn_on_a_cpu_is_evaluated_channels_last_with_the_same_outcomes(digits_model):
+    model, x, y = digits_model
+    seen = []
+
+    def recording_attack(m, xb, yb):  # the model as the attack sees it
+        seen.append([p.is_contiguous(memory_format=torch.channels_last) for p in m.parameters()
+                     if p.dim() == 4 and p.shape[1] > 1])  # fmt: skip
+        return apgd(m, xb, yb, eps=0.1, steps=20, generator=torch.Generator().manual_seed(0))
+
+    before = _layouts(model)
+    runs = {flag: robustkern.evaluate(model, (x, y), recording_attack, channels_last=flag,
+                                      progress=False) for flag in (None, False)}  # fmt: skip
+    assert seen[0] and all(seen[0]) and not any(seen[-1])  # auto switched it; False did not
+    assert _layouts(model) == before  # and it is back in its own layout
+    assert torch.equal(runs[None].clean_correct, runs[False].clean_correct)
+    # another summation order moves logits in the last bits, never an outcome here
+    assert (runs[None].robust_correct != runs[False].robust_correct).sum() <= 1
+
+
+def test_channels_last_leaves_models_it_cannot_or_need_not_switch():
+    linear = models.fc(64)
+    with robustkern.modes.channels_last(linear) as switched:
+        assert not switched
+    cnn = models.small_cnn(3).to(memory_format=torch.channels_last)  # the user's own choice
+    with robustkern.modes.channels_last(cnn) as switched:
+        assert not switched
+    assert not cnn[3].weight.is_contiguous()  # still channels_last after the block
+    volumetric = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv3d(1, 2, 3))
+    with robustkern.modes.channels_last(volumetric, enabled=True) as switched:
+        assert not switched  # 5-D weights have no channels_last
+    cnn = models.small_cnn(3)
+    with pytest.raises(RuntimeError, match="inside"), robustkern.modes.channels_last(cnn) as on:
+        assert on and not cnn[3].weight.is_contiguous()
+        raise RuntimeError("inside")
+    assert cnn[3].weight.is_contiguous()  # restored on the way out of an error too

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
+from robustkern import modes
 from robustkern._progress import progress_bar
 from robustkern.certify.lipschitz import lipschitz_bound, lipschitz_verified
 from robustkern.certify.propagation import METHODS as BOUND_METHODS
@@ -197,6 +198,7 @@ def evaluate(
     budget: float | str | None = None,
     repeats: int = REPEATS,
     certify: str | None = None,
+    channels_last: bool | None = None,
     **attack_kwargs,
 ) -> Evaluation:
     """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
@@ -234,6 +236,10 @@ def evaluate(
             (the Lipschitz-margin radius); ``certified_correct`` then holds the verified ones,
             and ``robust_correct`` the attack's upper bound, with the per-example status in
             ``Evaluation.sandwich()``. A verified example the attack breaks is an error.
+        channels_last: run a convolutional model with its 4-D weights in channels_last
+            memory format, restored after (``modes.channels_last``): None does so on a CPU,
+            where it is faster (up to 3.7x a forward on max-pooling CNNs); True / False force
+            it on / off.
         **attack_kwargs: go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``, eps in the
             input's units; cascades take eps, norm, bounds, generator, steps, restarts and eot
             for APGD and FAB, queries and p_init for Square, overriding the preset's). A 1-D
@@ -254,7 +260,7 @@ def evaluate(
     deadline = Deadline(parse_budget(budget))
     clean, robust, per_repeat, certified, seen = [], [], [], [], 0
     amp = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
-    with eval_mode(model), amp:
+    with eval_mode(model), amp, modes.channels_last(model, channels_last):
         batches, total = _batches(data, batch_size)
         batches = iter(batches)
         first = next(batches, None)

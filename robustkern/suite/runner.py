@@ -20,7 +20,7 @@ from robustkern._io import atomic_write_text
 from robustkern._progress import progress_bar
 from robustkern.checks import check_finite, warn_unusual_eps
 from robustkern.data import eps_text
-from robustkern.modes import eval_mode, model_device
+from robustkern.modes import channels_last, eval_mode, model_device
 from robustkern.suite import (  # noqa: F401  (each module declares its checks)
     certified,
     fitting,
@@ -81,7 +81,8 @@ def run_suite(
     ``out/images/`` after each check; returns the report (schema: ``robustkern.suite.report``).
 
     Args:
-        models: name -> classifier returning logits; eval mode is used and each model's mode
+        models: name -> classifier returning logits; eval mode is used (on a CPU, CNNs run
+            channels_last: ``modes.channels_last``) and each model's mode and layout
             restored after; models stay on their device and the data follow the first model.
         test_data: images (N, C, H, W) in ``bounds`` and int64 labels (N,).
         train_data: (images, labels) of the training set: the capacity ratio and, with
@@ -109,6 +110,7 @@ def run_suite(
     with ExitStack() as modes:
         for m in models.values():
             modes.enter_context(eval_mode(m))
+            modes.enter_context(channels_last(m))
         finished = _finished(suite.out, report["fingerprint"]) if resume else {}
         deadline = Deadline(seconds, spent=sum(e["seconds"] for e in finished.values()))
         tasks = _tasks(chosen, suite)

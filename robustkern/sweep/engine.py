@@ -45,7 +45,7 @@ from robustkern._progress import progress_bar
 from robustkern.checks import check_finite, check_model_fits, warn_unusual_eps
 from robustkern.evaluation import PRESETS, outcome_fn
 from robustkern.evaluation.single import SINGLE
-from robustkern.modes import eval_mode, model_device
+from robustkern.modes import channels_last, eval_mode, model_device
 from robustkern.sweep.budget import VERIFY_STEPS, examples_for_budget, with_limit
 from robustkern.sweep.config import (
     DISTANCE_ATTACKS,
@@ -218,7 +218,7 @@ def evaluate_group(
     per_batch = max(1, batch_size // k) if share == "batch" else batch_size
     starts = list(range(0, n, per_batch))[rank::world_size]
     start = time.perf_counter()
-    with eval_mode(model):
+    with eval_mode(model), channels_last(model):
         for s in progress_bar(starts, desc=desc.strip(), disable=not progress, unit="batch"):
             rows = slice(s, min(s + per_batch, n))
             g = torch.Generator(device).manual_seed(derived_seed(seed, s))
