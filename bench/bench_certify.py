@@ -123,7 +123,7 @@ def ibp_fns(model, x, eps: float, chunk: int) -> dict:
         fns[f"certify.bounds(method='ibp')|{name}"] = lambda dtype=dtype: certify.bounds(
             model, x, eps=eps, method="ibp", dtype=dtype
         )
-        fns[f"of which graph.build (fx trace + recording forward, every call)|{name}"] = (
+        fns[f"of which graph.build (trace cached per model, maps from the weights)|{name}"] = (
             lambda dtype=dtype: graph.build(model, x, dtype)
         )
     return fns

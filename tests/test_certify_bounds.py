@@ -4,8 +4,11 @@ box's corners included) and at PGD's and APGD's best points, the closed-form ran
 linear models (and a general-purpose solver where the L2 ball meets the box), and the attacks
 on verified samples."""
 
+import copy
+import gc
 import math
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from torch import nn
 
 from robustkern import certify, models
 from robustkern.attacks import apgd, pgd
+from robustkern.certify import graph
 from robustkern.nn import Normalize
 
 DT = torch.float64
@@ -331,3 +335,66 @@ def test_bad_arguments():
         certify.bounds(net, x, eps=-0.1)
     with pytest.raises(ValueError, match="labels"):
         certify.verified(net, x, torch.tensor([0, 7]), eps=0.1)
+
+
+def _fresh_bounds(net, x, **kw):
+    """Bounds of a copy of net: a model the trace cache has not seen."""
+    with torch.no_grad():
+        return certify.bounds(copy.deepcopy(net), x, **kw)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_cached_trace_reads_the_current_weights(method):
+    """bounds() reuses a model's trace (certified training bounds it every step) but must read
+    the weights of the call: changed in place, replaced parameters and BatchNorm statistics."""
+    net, x = _randomise(cnn()), images(3)
+    kw = dict(eps=0.03, method=method)
+    with torch.no_grad():
+        before = certify.bounds(net, x, **kw)
+    plan = graph._plans[net][(x.shape[1:], x.device)][1]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(-1.5).add_(0.1)
+        net[4].running_mean.uniform_(-0.5, 0.5)
+    net[1].weight = nn.Parameter(torch.randn_like(net[1].weight))
+    with torch.no_grad():
+        after = certify.bounds(net, x, **kw)
+    assert graph._plans[net][(x.shape[1:], x.device)][1] is plan  # not traced again
+    fresh = _fresh_bounds(net, x, **kw)
+    torch.testing.assert_close(after, fresh, rtol=0, atol=0)
+    assert not torch.allclose(after[0], before[0])
+    # the same bounds with autograd on (IBP's ReLU then makes one more tensor) as under no_grad
+    lower, upper = certify.bounds(net, x, **kw)
+    assert lower.requires_grad
+    torch.testing.assert_close((lower.detach(), upper.detach()), fresh, rtol=0, atol=1e-12)
+
+
+def test_changed_structure_is_traced_again():
+    """A replaced submodule, a changed hyperparameter and another input size each get a new
+    trace: a stale one would have the wrong layers or shapes."""
+    net, x = _randomise(cnn()), images(3)
+    kw = dict(eps=0.03, method="ibp")
+    with torch.no_grad():
+        certify.bounds(net, x, **kw)
+        net[8] = nn.Identity()  # a ReLU removed
+        torch.testing.assert_close(certify.bounds(net, x, **kw), _fresh_bounds(net, x, **kw))
+        net[1].stride = (1, 1)  # every later shape changes; AdaptiveAvgPool2d absorbs it
+        torch.testing.assert_close(certify.bounds(net, x, **kw), _fresh_bounds(net, x, **kw))
+        net[7] = nn.Conv2d(6, 6, 3, padding=1).to(DT)
+        torch.testing.assert_close(certify.bounds(net, x, **kw), _fresh_bounds(net, x, **kw))
+        big = torch.rand(2, 2, 9, 9, dtype=DT)
+        torch.testing.assert_close(certify.bounds(net, big, **kw), _fresh_bounds(net, big, **kw))
+    assert len(graph._plans[net]) == 2  # one per input shape
+
+
+def test_trace_cache_does_not_keep_models_alive():
+    net, x = _randomise(cnn()), images(2)
+    layer = nn.Linear(72, 5).to(DT)  # one-layer model: traced inside a wrapper, not cached
+    with torch.no_grad():
+        certify.bounds(net, x, eps=0.01, method="ibp")
+        certify.bounds(layer, x.flatten(1), eps=0.01, method="ibp")
+    assert net in graph._plans and layer not in graph._plans
+    refs = [weakref.ref(net), weakref.ref(layer)]
+    del net, layer
+    gc.collect()
+    assert all(r() is None for r in refs)

@@ -2,11 +2,20 @@
 keeps nn layers and ``Normalize`` whole), one recording forward for each node's shape, and each
 node turned into an affine map, a ReLU or the sum of two nodes (residual blocks). Anything else
 is an ``UnsupportedLayerError`` that names the layer: a bound that skipped a layer would be wrong
-without a word."""
+without a word.
+
+Tracing costs about half a forward of a small network, and certified training bounds the same
+model at every step, so the traced plan (each node's kind, inputs, shape and the module its map
+reads) is kept per model, input shape and device while the model's structure stays the same
+(``_structure``); every ``build`` still makes the affine maps afresh from the modules' current
+parameters and buffers, so bounds follow the weights as they train."""
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +34,8 @@ SUPPORTED = (
 _ALIASES = frozenset({"contiguous", "clone"})  # functions that return their input's values
 _RESHAPES = frozenset({"flatten", "view", "reshape"})
 _PROBE = 2  # samples in the recording forward: a reshape that mixes samples shows up
+_SCALARS = frozenset({bool, int, float, str, type(None)})
+_PLANS_PER_MODEL = 8  # input shapes and devices kept per model before its plans are dropped
 
 
 class UnsupportedLayerError(ValueError):
@@ -45,8 +56,29 @@ class Node:
 
 def build(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> list[Node]:
     """The nodes of ``model``'s forward in execution order (the input first, the output last),
-    their weights in ``dtype``; x (N, ...) gives the input's shape."""
+    their weights in ``dtype`` read from the model now; x (N, ...) gives the input's shape.
+
+    The trace behind them is reused while the model's submodules, their plain attributes and
+    their parameters' shapes stay the same (``_structure``). A forward whose control flow
+    depends on anything else (a global, a monkey-patched method) is not re-traced when that
+    changes: bound a copy of the model instead."""
     _check_modes(model)
+    plan = _plan(model, x)
+    return [Node(n.kind, n.inputs, n.shape, n.name, make and make(dtype)) for n, make in plan]
+
+
+_Plan = list[tuple[Node, Callable[[torch.dtype], layers.AffineMap] | None]]
+# model -> {(input shape, device): (its _structure, plan)}; weak keys: the plans hold the
+# model's submodules, never the model itself, so a model no longer used frees its plans
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan(model: nn.Module, x: torch.Tensor) -> _Plan:
+    """The traced plan for inputs shaped like x's samples, from the cache where it is valid."""
+    structure, key = _structure(model), (x.shape[1:], x.device)
+    plans = _plans.get(model, {})
+    if key in plans and plans[key][0] == structure:
+        return plans[key][1]
     try:
         root, graph = _trace(model)
     except _Untraceable as e:
@@ -56,7 +88,33 @@ def build(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> list[Node]:
         recorder.run(
             torch.zeros(_PROBE, *x.shape[1:], dtype=_model_dtype(model, x), device=x.device)
         )
-    return _Builder(root, recorder, dtype).walk(graph)
+    plan = _Builder(root, recorder).walk(graph)
+    if root is model:  # a one-layer model is traced inside a wrapper that its plan would keep
+        plans = _plans.setdefault(model, {})
+        if len(plans) >= _PLANS_PER_MODEL:
+            plans.clear()
+        plans[key] = structure, plan
+    return plan
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What a traced plan depends on besides the forward's code: every submodule's identity, type
+    (a freed module's id can be reused) and plain attributes (a convolution's stride, a user's
+    flag; not the train/eval mode, which ``_check_modes`` reads at every call) and its
+    parameters' and buffers' shapes."""
+    return tuple(
+        (path, id(m), type(m),
+         [(k, v) for k, v in vars(m).items() if k != "training" and _plain(v)],
+         [(k, None if t is None else t.shape)
+          for k, t in (*m._parameters.items(), *m._buffers.items())])
+        for path, m in model.named_modules()
+    )  # fmt: skip
+
+
+def _plain(v) -> bool:
+    """A number, string, None or tuple of them: compared by value (tensors are not)."""
+    t = type(v)
+    return t in _SCALARS or (t is tuple and all(map(_plain, v)))
 
 
 def _model_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
@@ -88,13 +146,28 @@ def _layer(path: str, m: nn.Module) -> str:
     return f"layer {path or '(model)'!r} ({type(m).__name__})"
 
 
+def _same(op: layers.AffineMap) -> Callable[[torch.dtype], layers.AffineMap]:
+    """The maker of a map without parameters (pooling, reshapes): the same map in every dtype."""
+    return lambda dtype: op
+
+
+def _normalize_map(m: rk_nn.Normalize, shape, dtype: torch.dtype) -> layers.ScaleShift:
+    std = m.std.to(dtype)
+    return layers.ScaleShift(1 / std, -m.mean.to(dtype) / std, shape)
+
+
 class _Builder:
-    def __init__(self, root: nn.Module, recorder: _Recorder, dtype: torch.dtype) -> None:
-        self.root, self.recorder, self.dtype = root, recorder, dtype
+    """The plan: nodes without maps, each affine one beside the maker of its map from the live
+    module in a dtype (module-level functions and partials: a plan must not hold the builder,
+    whose root may be the model itself)."""
+
+    def __init__(self, root: nn.Module, recorder: _Recorder) -> None:
+        self.root, self.recorder = root, recorder
         self.nodes: list[Node] = []
+        self.makers: list[Callable | None] = []
         self.index: dict[fx.Node, int] = {}  # fx node -> the node holding its value
 
-    def walk(self, graph: fx.Graph) -> list[Node]:
+    def walk(self, graph: fx.Graph) -> _Plan:
         for n in graph.nodes:
             if n.op == "placeholder":
                 if self.nodes:
@@ -120,18 +193,20 @@ class _Builder:
         i = self.index[out]
         if i != len(self.nodes) - 1:  # keep "the output is the last node"
             shape = self.nodes[i].shape
-            self.nodes.append(Node("affine", (i,), shape, "output", layers.Reshape(shape, shape)))
+            self.nodes.append(Node("affine", (i,), shape, "output"))
+            self.makers.append(_same(layers.Reshape(shape, shape)))
         if len(self.nodes[-1].shape) != 1:
             raise UnsupportedLayerError(
                 f"the model returns {(_PROBE, *self.nodes[-1].shape)} for {_PROBE} inputs; "
                 "bound propagation needs logits (N, classes)"
             )
-        return self.nodes
+        return list(zip(self.nodes, self.makers, strict=True))
 
-    def _add(self, n: fx.Node, kind: str, inputs, op, name: str | None = None) -> None:
+    def _add(self, n: fx.Node, kind: str, inputs, make=None) -> None:
         shape = self.recorder.shapes[n][1:]
         self.index[n] = len(self.nodes)
-        self.nodes.append(Node(kind, tuple(inputs), shape, name or _row_name(n), op))
+        self.nodes.append(Node(kind, tuple(inputs), shape, _row_name(n)))
+        self.makers.append(make)
 
     def _source(self, n: fx.Node, arg) -> int:
         """The node index of a tensor argument that depends on the input."""
@@ -149,37 +224,36 @@ class _Builder:
             self.index[n] = src  # Dropout: eval mode (checked), the identity
             return
         if isinstance(m, nn.ReLU):
-            return self._add(n, "relu", (src,), None)
+            return self._add(n, "relu", (src,))
         if isinstance(m, nn.Linear):
-            op = layers.LinearMap(m, shape_in, shape_out, self.dtype)
+            make = functools.partial(layers.LinearMap, m, shape_in, shape_out)
         elif isinstance(m, nn.Conv2d):
-            op = layers.ConvMap(m, shape_in, shape_out, self.dtype)
+            make = functools.partial(layers.ConvMap, m, shape_in, shape_out)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            op = layers.batchnorm_map(m, shape_in, self.dtype)
+            make = functools.partial(layers.batchnorm_map, m, shape_in)
         elif isinstance(m, rk_nn.Normalize):
-            std = m.std.to(self.dtype)
-            op = layers.ScaleShift(1 / std, -m.mean.to(self.dtype) / std, shape_in)
+            make = functools.partial(_normalize_map, m, shape_in)
         elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            op = layers.PoolMap(m, shape_in, shape_out)
+            make = _same(layers.PoolMap(m, shape_in, shape_out))
         elif isinstance(m, nn.Flatten):
-            op = self._reshape(n, shape_in, shape_out)
+            make = _same(self._reshape(n, shape_in, shape_out))
         else:
             raise self._unsupported(n, "no rule for this layer")
-        self._add(n, "affine", (src,), op)
+        self._add(n, "affine", (src,), make)
 
     def _function(self, n: fx.Node) -> None:
         name = _op_name(n)
         if _is_shape_query(n) or not any(a in self.index for a in n.all_input_nodes):
             return  # shapes and constants: arguments of the operations below
         if name == "add" and len(n.args) == 2 and not n.kwargs:
-            return self._add(n, "add", [self._source(n, a) for a in n.args], None)
+            return self._add(n, "add", [self._source(n, a) for a in n.args])
         src = self._source(n, n.args[0] if n.args else None)
         if name in _ALIASES:
             self.index[n] = src
         elif name == "relu":
-            self._add(n, "relu", (src,), None)
+            self._add(n, "relu", (src,))
         elif name in _RESHAPES:
-            self._add(n, "affine", (src,), self._reshape(n, *self._shapes(n, src)))
+            self._add(n, "affine", (src,), _same(self._reshape(n, *self._shapes(n, src))))
         else:
             raise self._unsupported(n, "no rule for this operation")
 

@@ -31,7 +31,7 @@ class InputSet:
     @classmethod
     def around(cls, x: torch.Tensor, eps: torch.Tensor, norm: str, box: tuple[float, float]):
         e = eps.view(-1, *(1,) * (x.dim() - 1))
-        return cls(x, eps, norm, (x - e).clamp_min(box[0]), (x + e).clamp_max(box[1]))
+        return cls(x, eps, norm, (x - e).clamp_min_(box[0]), (x + e).clamp_max_(box[1]))
 
     def min_linear(self, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """min over the set of a . x' + c for a (B or 1, K, *S), c (B, K): (B, K)."""

@@ -6,6 +6,8 @@ norm of each output's row)."""
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,11 +66,18 @@ class LinearMap(AffineMap):
         self.weight = m.weight.to(dtype)
         self.bias = None if m.bias is None else m.bias.to(dtype)
 
+    def __call__(self, x):  # the bias added by the matrix product itself: one pass less
+        return F.linear(x, self.weight, self.bias)
+
     def linear(self, x):
         return F.linear(x, self.weight)
 
+    @cached_property
+    def abs_weight(self) -> torch.Tensor:  # once per map: bounds() applies it to every chunk
+        return self.weight.abs()
+
     def abs_linear(self, x):
-        return F.linear(x, self.weight.abs())
+        return F.linear(x, self.abs_weight)
 
     def sq_linear(self, x):
         return F.linear(x, self.weight.square())
@@ -84,16 +93,24 @@ class ConvMap(AffineMap):
         self.in_shape, self.out_shape = in_shape, out_shape
         self.module = m
         self.weight = m.weight.to(dtype)
-        self.bias = None if m.bias is None else m.bias.to(dtype).view(-1, 1, 1)
+        self.channel_bias = None if m.bias is None else m.bias.to(dtype)
+        self.bias = None if m.bias is None else self.channel_bias.view(-1, 1, 1)
         # Zero padding with explicit sizes: a plain convolution, whose transpose is one call and
         # whose rows meet each input pixel at most once. Other padding modes repeat pixels.
         self.separable = m.padding_mode == "zeros" and not isinstance(m.padding, str)
 
+    def __call__(self, x):  # the bias added by the convolution itself: one pass less
+        return self.module._conv_forward(x, self.weight, self.channel_bias)
+
     def linear(self, x):
         return self.module._conv_forward(x, self.weight, None)
 
+    @cached_property
+    def abs_weight(self) -> torch.Tensor:  # once per map: bounds() applies it to every chunk
+        return self.weight.abs()
+
     def abs_linear(self, x):
-        return self.module._conv_forward(x, self.weight.abs(), None)
+        return self.module._conv_forward(x, self.abs_weight, None)
 
     def sq_linear(self, x):
         return self.module._conv_forward(x, self.weight.square(), None)
@@ -116,6 +133,9 @@ class ScaleShift(AffineMap):
         self.in_shape = self.out_shape = shape
         view = (-1,) + (1,) * (len(shape) - 1)  # channels first, broadcast over the rest
         self.scale, self.bias = scale.reshape(view), shift.reshape(view)
+
+    def __call__(self, x):
+        return torch.addcmul(self.bias, x, self.scale)
 
     def linear(self, x):
         return x * self.scale
