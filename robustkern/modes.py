@@ -34,12 +34,14 @@ def channels_last(model: torch.nn.Module, enabled: bool | None = None) -> Iterat
     back in the default format after; yields whether it switched them.
 
     enabled: None (default) switches a model on a CPU that has a ``Conv2d`` and 4-D tensors
-    only in the default format: oneDNN's channels_last kernels ran small CNNs, ResNets and a
-    MobileNet 1.1-3.7x faster forward and 1.0-1.35x faster forward+backward on a 2-core CPU
-    (bench/results/amd-epyc-2t-evaluate.md), never slower; on other devices it stays off until
-    measured there. True switches such a model on any device; False leaves the model as it is.
-    Results can differ in the last bits (another summation order), never more. Models with 5-D
-    tensors, already in another layout, or wrapped for data parallelism are left alone."""
+    only in the default format: there oneDNN's channels_last kernels ran max-pooling CNNs
+    2.5-3x and a MobileNet 1.5x faster forward (1.3-1.55x forward+backward), ResNets
+    1.0-1.35x, and nothing measured more than 5 % slower (two 2-core CPUs, AMD EPYC and Intel
+    Xeon: bench/results/intel-xeon-2t-layout.md); on other devices it stays off until measured
+    there. True switches such a model on any device; False leaves the model as it is. Logits
+    can differ in the last bits (another summation order), and with them an attack's path.
+    Models with 5-D tensors, already in another layout, or wrapped for data parallelism are
+    left alone."""
     tensors = [*model.parameters(), *model.buffers()]
     switch = (
         enabled is not False

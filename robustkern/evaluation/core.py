@@ -238,7 +238,7 @@ def evaluate(
             ``Evaluation.sandwich()``. A verified example the attack breaks is an error.
         channels_last: run a convolutional model with its 4-D weights in channels_last
             memory format, restored after (``modes.channels_last``): None does so on a CPU,
-            where it is faster (up to 3.7x a forward on max-pooling CNNs); True / False force
+            where it is faster (about 2.5-3x a forward on max-pooling CNNs); True / False force
             it on / off.
         **attack_kwargs: go to the attack (e.g. ``eps=0.3, norm="linf", steps=40``, eps in the
             input's units; cascades take eps, norm, bounds, generator, steps, restarts and eot
