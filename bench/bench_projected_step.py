@@ -82,7 +82,8 @@ def test_bandwidth(report):
 
 L1_TITLE = (
     "L1 ops, 512x3x32x32 float32, eps=10, sparsity 5 % (time per call; speed-up of the fused op). "
-    "CPU: the threshold by a quickselect-style search over breakpoints, the top-k by nth_element; "
+    "CPU: the threshold by a sample-sort search over breakpoints (16 pivots a round, vectorised "
+    "double sums), the top-k by nth_element over the elements above a sampled estimate; "
     "CUDA: one block per sample, bisection on the threshold with breakpoint counting, radix select"
 )
 

@@ -149,6 +149,21 @@ def test_step_sparsity_per_sample_and_projection():
     assert ((out - x).sign() == g.sign())[(out - x) != 0].all()
 
 
+@pytest.mark.parametrize("name", ["l1_project", "l1_step"])
+def test_ties_on_an_image_sized_sample(name):
+    """Quantised moves and gradients: many equal breakpoints and |grad| values, on samples large
+    enough (3x32x32) for the kernel's sampled pivots and its sampled top-k estimate."""
+    torch.manual_seed(0)
+    x = (torch.rand(6, 3, 32, 32, dtype=torch.float64) * 8).round() / 8
+    xa = (x + (torch.randint(-3, 4, x.shape) / 16).double()).clamp(-0.1, 1.1)
+    g = torch.randint(-4, 5, x.shape).double()
+    kw = {"eps": torch.tensor([0.0, 0.5, 3.0, 10.0, 40.0, 1e4], dtype=torch.float64)}
+    if name == "l1_step":
+        kw |= {"alpha": 5.0, "sparsity": 0.05}
+    out, expected = run(name, xa, x, g, **kw)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
+
+
 def test_result_does_not_depend_on_threads():
     xa, x, g = make((16, 3, 16, 16), torch.float32, "cpu")
     outs = []

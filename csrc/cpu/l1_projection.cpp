@@ -3,12 +3,17 @@
 //
 // The projection's threshold lam solves f(lam) = sum_i clip(|v_i| - lam, 0, c_i) = eps, a
 // piecewise-linear function with breakpoints |v_i| - c_i and |v_i|. Instead of sorting the 2d
-// breakpoints (the reference), a quickselect-style search keeps an interval (lo, hi) around lam
-// and the coordinates with a breakpoint inside it: each round evaluates f at the breakpoint of a
-// pseudo-randomly chosen coordinate, halves the interval at it, and retires the coordinates whose
-// contribution on the new interval is fixed (0, c_i, or |v_i| - lam) into C - K * lam. Expected
-// work is a few passes over d; when no coordinate is left, lam = (C - eps) / K exactly.
-// The step's top-k |grad| is a std::nth_element on a scratch copy (linear, no sort).
+// breakpoints (the reference), a sample-sort-style search keeps an interval (lo, hi) around lam
+// and the coordinates with a breakpoint inside it. v, |v| and c are first written once to
+// per-task arrays in the compute type (vectorised loops). Each round then takes the breakpoints
+// of 16 pseudo-randomly chosen coordinates (all of them once at most 16 are left) as pivots,
+// evaluates f at all pivots in one vectorised pass (double sums over the compute-type values),
+// narrows (lo, hi) to the two neighbouring pivots around lam, and retires the coordinates whose
+// contribution on the new interval is fixed (0, c_i, or |v_i| - lam) into C - K * lam with a
+// branch-free compaction. The first round retires all but about 1/8 of the coordinates; when none
+// is left, lam = (C - eps) / K exactly, as the reference's sorted sweep has it.
+// The step's top-k |grad| is a std::nth_element over the few elements above an estimate of the
+// k-th largest taken from a sample (over all elements when the estimate keeps fewer than k).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -17,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <vector>
@@ -28,10 +34,9 @@ namespace robustkern {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per task: below this, threads cost more than save
-
-struct Coordinate {
-  double mag, cap;  // |v_i| and the room c_i left in the box in v_i's direction
-};
+constexpr int kLanes = 8;            // double partial sums: element j goes to lane j % kLanes
+constexpr int kPivots = 16;          // pivots per round of the threshold search
+constexpr int kGroup = 4;            // pivots evaluated together (independent add chains)
 
 // Room in the box for a move of sign `v` from x0 (0 when x0 is already beyond that bound).
 template <typename A>
@@ -39,112 +44,323 @@ inline A room(A v, A x0, A lo, A hi) {
   return max_of(v >= A(0) ? hi - x0 : x0 - lo, A(0));
 }
 
-// lam >= 0, the smallest threshold with f(lam) <= eps, given f(0) = f0 > eps and the
-// coordinates that can move (mag > 0, cap > 0); `live` is reordered.
-double l1_threshold(std::vector<Coordinate>& live, double f0, double eps) {
-  double lo = 0.0, hi = 0.0;  // f(lo) > eps >= f(hi)
-  for (const Coordinate& c : live) hi = std::max(hi, c.mag);
-  double constant = 0.0, slope = 0.0;  // retired coordinates contribute constant - slope * lam
-  size_t m = live.size();
-  uint64_t state = 0x9E3779B97F4A7C15ull;  // the pivot's pseudo-random choice; the result is exact
-  while (m > 0) {
+struct Lcg {  // the pivots' and samples' pseudo-random choice; results do not depend on it
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  uint64_t below(uint64_t m) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
-    const Coordinate& c = live[(state >> 33) % m];
-    const double enter = c.mag - c.cap;  // every live coordinate has a breakpoint in (lo, hi)
-    const double pivot = enter > lo && enter < hi ? enter : c.mag;
-    double f = constant - slope * pivot;
-    for (size_t j = 0; j < m; ++j) f += std::min(std::max(live[j].mag - pivot, 0.0), live[j].cap);
-    (f > eps ? lo : hi) = pivot;
-    size_t kept = 0;
-    for (size_t j = 0; j < m; ++j) {
-      const Coordinate cj = live[j];
-      if (cj.mag <= lo) continue;  // 0 on (lo, hi)
-      if (cj.mag - cj.cap >= hi) {
-        constant += cj.cap;  // saturated at c_i
-      } else if (cj.mag - cj.cap <= lo && cj.mag >= hi) {
-        constant += cj.mag;  // |v_i| - lam
-        slope += 1.0;
-      } else {
-        live[kept++] = cj;
-      }
-    }
-    m = kept;
+    return (state >> 33) % m;
   }
-  if (slope == 0.0) return hi;
-  return std::min(std::max((constant - eps) / slope, lo), hi);
+};
+
+// Vectors of kLanes values (GCC/Clang vector extensions) for the reductions in double: element
+// j goes to lane j % kLanes and the lanes are added in order, so a sum does not depend on the
+// instruction set picked at load time. (Written as arrays of lanes, GCC 12 left these loops
+// scalar: without -ffast-math it does not reassociate a reduction itself.) The per-task arrays are
+// padded to a multiple of kLanes with mag = cap = 0, which adds 0 to every sum below.
+template <typename A>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float type __attribute__((vector_size(kLanes * sizeof(float))));
+};
+template <>
+struct Lanes<int32_t> {
+  typedef int32_t type __attribute__((vector_size(kLanes * sizeof(int32_t))));
+};
+template <>
+struct Lanes<double> {
+  typedef double type __attribute__((vector_size(kLanes * sizeof(double))));
+};
+using VecD = Lanes<double>::type;
+
+inline int64_t padded(int64_t m) { return (m + kLanes - 1) / kLanes * kLanes; }
+
+template <typename A>
+inline void load_double(const A* p, VecD& out) {
+  typename Lanes<A>::type v;
+  std::memcpy(&v, p, sizeof v);
+  out = __builtin_convertvector(v, VecD);
 }
 
-// One sample's projection of x_nat + v (v computed by `delta(j)` in the compute type A) onto the
-// L1 eps-ball intersected with the bounds; writes the result to xa.
-template <typename T, typename A, typename Delta>
-void l1_project_sample(T* xa, const T* xn, int64_t d, double eps, A lo, A hi, const Delta& delta,
-                       std::vector<Coordinate>& live) {
-  A lam = A(0);
-  if (eps == 0.0) {
-    for (int64_t j = 0; j < d; ++j)
-      xa[j] = static_cast<T>(min_of(max_of(static_cast<A>(xn[j]), lo), hi));
-    return;
-  }
-  if (std::isfinite(eps)) {
-    live.clear();
-    double f0 = 0.0;
-    for (int64_t j = 0; j < d; ++j) {
-      const A v = delta(j), x0 = static_cast<A>(xn[j]);
-      const double mag = std::fabs(static_cast<double>(v));
-      const double cap = static_cast<double>(room(v, x0, lo, hi));
-      f0 += std::min(mag, cap);
-      if (mag > 0 && cap > 0) live.push_back({mag, cap});
-    }
-    if (f0 > eps) lam = static_cast<A>(l1_threshold(live, f0, eps));
-  }
+inline double lane_sum(const VecD& v) {
+  double s = 0.0;
+  for (int k = 0; k < kLanes; ++k) s += v[k];
+  return s;
+}
+
+// mag = |v| and cap = room in v's direction over [0, d).
+template <typename T, typename A>
+RK_SIMD_CLONES void l1_magnitudes(const A* __restrict v, const T* __restrict xn, int64_t d, A lo,
+                                  A hi, A* __restrict mag, A* __restrict cap) {
   for (int64_t j = 0; j < d; ++j) {
-    const A v = delta(j), x0 = static_cast<A>(xn[j]);
-    const A mag = std::fabs(v), cap = room(v, x0, lo, hi);
-    const A moved = min_of(max_of(mag - lam, A(0)), cap);
-    xa[j] = static_cast<T>(min_of(max_of(x0 + std::copysign(moved, v), lo), hi));
+    const A vj = v[j];
+    mag[j] = std::fabs(vj);
+    cap[j] = room(vj, static_cast<A>(xn[j]), lo, hi);
   }
+}
+
+// f(0) = sum min(mag, cap) and the largest mag, over the padded arrays.
+template <typename A>
+RK_SIMD_CLONES std::pair<double, double> l1_start(const A* __restrict mag, const A* __restrict cap,
+                                                  int64_t m) {
+  VecD f0 = {}, top = {};
+  for (int64_t j = 0; j < m; j += kLanes) {
+    VecD mj, cj;
+    load_double(mag + j, mj);
+    load_double(cap + j, cj);
+    f0 += cj < mj ? cj : mj;
+    top = top < mj ? mj : top;
+  }
+  double most = 0.0;
+  for (int k = 0; k < kLanes; ++k) most = std::max(most, top[k]);
+  return {lane_sum(f0), most};
+}
+
+// out[p] = sum_j clip(mag_j - piv[p], 0, cap_j) over the padded arrays, kGroup pivots at a time
+// (independent add chains).
+template <typename A>
+RK_SIMD_CLONES void l1_sums_at(const A* __restrict mag, const A* __restrict cap, int64_t m,
+                               const double* piv, int np, double* out) {
+  const VecD zero = {};
+  for (int p0 = 0; p0 < np; p0 += kGroup) {
+    VecD acc[kGroup] = {}, t[kGroup];
+    for (int g = 0; g < kGroup; ++g) t[g] = zero + piv[std::min(p0 + g, np - 1)];
+    for (int64_t j = 0; j < m; j += kLanes) {
+      VecD mj, cj;
+      load_double(mag + j, mj);
+      load_double(cap + j, cj);
+      for (int g = 0; g < kGroup; ++g) {
+        const VecD over = mj - t[g], pos = over < zero ? zero : over;
+        acc[g] += cj < pos ? cj : pos;
+      }
+    }
+    for (int g = 0; g < kGroup && p0 + g < np; ++g) out[p0 + g] = lane_sum(acc[g]);
+  }
+}
+
+// Narrows the search to (lo, hi). Adds the contributions there of the coordinates that retire:
+// c_i where saturated (|v_i| - c_i >= hi), |v_i| - lam where active throughout (|v_i| - c_i <= lo
+// and |v_i| >= hi: constant += |v_i|, slope += 1); either implies |v_i| > lo and c_i > 0 (or
+// c_i = 0, adding 0). Sets live[j] to 1 for the others with a breakpoint inside (lo, hi), else 0.
+// Each ?: tests one comparison against broadcast bounds: masks combined with & (or compared with
+// scalars) were lowered lane by lane in GCC 12's target_clones, at several times the cost.
+template <typename A>
+RK_SIMD_CLONES void l1_retire(const A* __restrict mag, const A* __restrict cap, int64_t m,
+                              double lo, double hi, double& constant, double& slope,
+                              int32_t* __restrict live) {
+  const VecD zero = {}, one = zero + 1.0, four = zero + 4.0, lo_v = zero + lo, hi_v = zero + hi;
+  VecD c_acc = {}, s_acc = {};
+  for (int64_t j = 0; j < m; j += kLanes) {
+    VecD mj, cj;
+    load_double(mag + j, mj);
+    load_double(cap + j, cj);
+    const VecD enter = mj - cj, past = enter - lo_v, short_of = hi_v - mj;
+    const VecD worst = past < short_of ? short_of : past;  // <= 0: active throughout
+    c_acc += (enter >= hi_v ? cj : zero) + (worst <= zero ? mj : zero);
+    s_acc += worst <= zero ? one : zero;
+    const VecD tests = (mj > lo_v ? one : zero) + (cj > zero ? one : zero) +
+                       (enter < hi_v ? one : zero) + (worst > zero ? one : zero);
+    const VecD keep = tests == four ? one : zero;
+    const auto flags = __builtin_convertvector(keep, Lanes<int32_t>::type);
+    std::memcpy(live + j, &flags, sizeof flags);
+  }
+  constant += lane_sum(c_acc);
+  slope += lane_sum(s_acc);
+}
+
+// Moves the coordinates with live[j] = 1 to the front (in order, branch-free: every element is
+// written, the count advances by the flag) and pads them with zeros; out may be in.
+template <typename A>
+int64_t l1_compact(const A* mag, const A* cap, const int32_t* live, int64_t m, A* out_mag,
+                   A* out_cap) {
+  int64_t kept = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    out_mag[kept] = mag[j];
+    out_cap[kept] = cap[j];
+    kept += live[j];
+  }
+  std::fill(out_mag + kept, out_mag + padded(kept), A(0));
+  std::fill(out_cap + kept, out_cap + padded(kept), A(0));
+  return kept;
 }
 
 // Scratch buffers of one task, reused over its samples.
 template <typename A>
 struct Scratch {
-  std::vector<Coordinate> live;
-  std::vector<A> mags, sorted;
+  std::vector<A> v, mag, cap;         // per coordinate: the move, |move|, room in its direction
+  std::vector<A> live_mag, live_cap;  // the coordinates still inside the threshold search
+  std::vector<int32_t> live;          // 1 where a coordinate stays in the search
+  std::vector<A> grad_mag, candidates;
+  explicit Scratch(int64_t d)
+      : v(d),
+        mag(padded(d)),
+        cap(padded(d)),
+        live_mag(padded(d)),
+        live_cap(padded(d)),
+        live(padded(d)),
+        grad_mag(d),
+        candidates(d) {}
 };
+
+// lam >= 0, the smallest threshold with f(lam) <= eps, given f(0) > eps >= f(hi).
+template <typename A>
+double l1_threshold(Scratch<A>& s, int64_t d, double hi, double eps) {
+  double lo = 0.0, constant = 0.0, slope = 0.0;  // retired: constant - slope * lam on (lo, hi)
+  const A *mag = s.mag.data(), *cap = s.cap.data();
+  int64_t m = d;
+  Lcg rng;
+  double piv[2 * kPivots], f[2 * kPivots];
+  while (m > 0) {
+    int np = 0;
+    auto add = [&](int64_t j) {  // j's breakpoints inside (lo, hi): mag - cap, then mag
+      const double mj = static_cast<double>(mag[j]), enter = mj - static_cast<double>(cap[j]);
+      if (enter > lo && enter < hi) piv[np++] = enter;
+      if (mj > lo && mj < hi) piv[np++] = mj;
+    };
+    if (m <= kPivots) {
+      for (int64_t j = 0; j < m; ++j) add(j);  // then no breakpoint is left inside
+    } else {
+      for (int t = 0; t < kPivots && np < kPivots; ++t) add(rng.below(m));
+    }
+    std::sort(piv, piv + np);
+    l1_sums_at(mag, cap, padded(m), piv, np, f);
+    for (int p = 0; p < np; ++p) {
+      if (constant - slope * piv[p] + f[p] > eps) {
+        lo = piv[p];
+      } else {
+        hi = piv[p];
+        break;
+      }
+    }
+    l1_retire(mag, cap, padded(m), lo, hi, constant, slope, s.live.data());
+    m = l1_compact(mag, cap, s.live.data(), m, s.live_mag.data(), s.live_cap.data());
+    mag = s.live_mag.data();
+    cap = s.live_cap.data();
+  }
+  if (slope == 0.0) return hi;
+  return std::min(std::max((constant - eps) / slope, lo), hi);
+}
+
+template <typename T, typename A>
+RK_SIMD_CLONES void l1_apply(T* __restrict xa, const T* __restrict xn, const A* __restrict v,
+                             const A* __restrict mag, const A* __restrict cap, int64_t d, A lam,
+                             A lo, A hi) {
+  for (int64_t j = 0; j < d; ++j) {
+    const A moved = min_of(max_of(mag[j] - lam, A(0)), cap[j]);
+    xa[j] =
+        static_cast<T>(min_of(max_of(static_cast<A>(xn[j]) + std::copysign(moved, v[j]), lo), hi));
+  }
+}
+
+template <typename T, typename A>
+RK_SIMD_CLONES void l1_clip(T* __restrict xa, const T* __restrict xn, int64_t d, A lo, A hi) {
+  for (int64_t j = 0; j < d; ++j)
+    xa[j] = static_cast<T>(min_of(max_of(static_cast<A>(xn[j]), lo), hi));
+}
+
+// One sample's projection of x_nat + v (v in s.v, the compute type A) onto the L1 eps-ball
+// intersected with the bounds; writes the result to xa.
+template <typename T, typename A>
+void l1_project_sample(T* xa, const T* xn, int64_t d, double eps, A lo, A hi, Scratch<A>& s) {
+  if (eps == 0.0) return l1_clip(xa, xn, d, lo, hi);
+  l1_magnitudes(s.v.data(), xn, d, lo, hi, s.mag.data(), s.cap.data());
+  const auto [f0, top] = l1_start(s.mag.data(), s.cap.data(), padded(d));
+  A lam = A(0);
+  if (std::isfinite(eps) && f0 > eps) lam = static_cast<A>(l1_threshold(s, d, top, eps));
+  l1_apply(xa, xn, s.v.data(), s.mag.data(), s.cap.data(), d, lam, lo, hi);
+}
 
 // Calls fn(sample, scratch) for every sample, in parallel over samples.
 template <typename A, typename Fn>
 void for_each_sample(int64_t n, int64_t d, const Fn& fn) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1));
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    Scratch<A> scratch;
-    scratch.live.reserve(d);
+    Scratch<A> scratch(d);
     for (int64_t i = begin; i < end; ++i) fn(i, scratch);
   });
 }
 
-// APGD-L1's step size per coordinate for one sample: alpha / count on the round(sparsity * d)
-// largest |grad| among the coordinates that can move in grad's sign inside the bounds (ties
-// included), 0 elsewhere. Returns the per-coordinate size (the sign is grad's) and the threshold.
 template <typename T, typename A>
-std::pair<A, A> l1_sparse_step(const T* xa, const T* g, int64_t d, A alpha, A sparsity, A lo, A hi,
-                               Scratch<A>& scratch) {
-  std::vector<A>& mags = scratch.mags;
-  mags.resize(d);
+RK_SIMD_CLONES void l1_differences(const T* __restrict xa, const T* __restrict xn, int64_t d,
+                                   A* __restrict v) {
+  for (int64_t j = 0; j < d; ++j) v[j] = static_cast<A>(xa[j]) - static_cast<A>(xn[j]);
+}
+
+// |grad| where the coordinate can move in grad's sign inside the bounds, else 0.
+template <typename T, typename A>
+RK_SIMD_CLONES void l1_movable_mags(const T* __restrict xa, const T* __restrict g, int64_t d, A lo,
+                                    A hi, A* __restrict out) {
   for (int64_t j = 0; j < d; ++j) {
     const A gj = finite_or_zero(static_cast<A>(g[j])), x = static_cast<A>(xa[j]);
     const bool movable = (gj > A(0) && x < hi) || (gj < A(0) && x > lo);
-    mags[j] = movable ? std::fabs(gj) : A(0);
+    out[j] = movable ? std::fabs(gj) : A(0);
   }
-  const int64_t k = std::clamp<int64_t>(std::floor(static_cast<double>(sparsity) * d + 0.5), 1, d);
-  scratch.sorted.assign(mags.begin(), mags.end());
-  std::nth_element(scratch.sorted.begin(), scratch.sorted.begin() + (k - 1), scratch.sorted.end(),
-                   std::greater<A>());
-  const A kth = scratch.sorted[k - 1];
+}
+
+template <typename A>
+RK_SIMD_CLONES int64_t l1_count_kept(const A* __restrict mags, int64_t d, A kth) {
   int64_t count = 0;
-  for (int64_t j = 0; j < d; ++j) count += mags[j] >= kth && mags[j] > A(0);
+  for (int64_t j = 0; j < d; ++j) count += (mags[j] >= kth) & (mags[j] > A(0));
+  return count;
+}
+
+// v = x_adv + size * sign(grad) on the kept coordinates - x_nat.
+template <typename T, typename A>
+RK_SIMD_CLONES void l1_step_moves(const T* __restrict xa, const T* __restrict xn,
+                                  const T* __restrict g, const A* __restrict mags, int64_t d, A kth,
+                                  A size, A* __restrict v) {
+  for (int64_t j = 0; j < d; ++j) {
+    const bool kept = (mags[j] >= kth) & (mags[j] > A(0));  // & not &&: no branch
+    // kept implies a finite nonzero g: no finite_or_zero needed.
+    const A moved =
+        static_cast<A>(xa[j]) + (kept ? std::copysign(size, static_cast<A>(g[j])) : A(0));
+    v[j] = moved - static_cast<A>(xn[j]);
+  }
+}
+
+// The k-th largest of x[0..d). If at least k elements are >= t, the k largest all are, so
+// nth_element runs on those only; t is the sample's order statistic three standard deviations
+// past the expected rank of the k-th largest (all d elements when the estimate falls short).
+template <typename A>
+A kth_largest(const A* x, int64_t d, int64_t k, A* buf) {
+  constexpr int kSample = 256;
+  int64_t n = d;
+  if (d > 4 * kSample) {
+    A sample[kSample];
+    Lcg rng;
+    for (A& e : sample) e = x[rng.below(d)];
+    const double r = static_cast<double>(k) * kSample / static_cast<double>(d);
+    const int rank = std::min<int>(kSample - 1, static_cast<int>(r + 3.0 * std::sqrt(r) + 2.0));
+    std::nth_element(sample, sample + rank, sample + kSample, std::greater<A>());
+    const A t = sample[rank];
+    n = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      buf[n] = x[j];
+      n += x[j] >= t;
+    }
+  }
+  if (n < k || n == d) {
+    std::copy(x, x + d, buf);
+    n = d;
+  }
+  std::nth_element(buf, buf + (k - 1), buf + n, std::greater<A>());
+  return buf[k - 1];
+}
+
+// APGD-L1's step for one sample: alpha / count on the round(sparsity * d) largest |grad| among
+// the coordinates that can move in grad's sign inside the bounds (ties included), 0 elsewhere.
+// Writes the moved point minus x_nat to s.v.
+template <typename T, typename A>
+void l1_sparse_step(const T* xa, const T* xn, const T* g, int64_t d, A alpha, A sparsity, A lo,
+                    A hi, Scratch<A>& s) {
+  A* mags = s.grad_mag.data();
+  l1_movable_mags(xa, g, d, lo, hi, mags);
+  const int64_t k = std::clamp<int64_t>(std::floor(static_cast<double>(sparsity) * d + 0.5), 1, d);
+  const A kth = kth_largest(mags, d, k, s.candidates.data());
+  const int64_t count = l1_count_kept(mags, d, kth);
   // alpha * (1 / count), rounded as the reference does: sign / count, then times alpha.
-  return {count > 0 ? alpha * (A(1) / static_cast<A>(count)) : A(0), kth};
+  const A size = count > 0 ? alpha * (A(1) / static_cast<A>(count)) : A(0);
+  l1_step_moves(xa, xn, g, mags, d, kth, size, s.v.data());
 }
 
 void l1_project_cpu(at::Tensor x_adv, const at::Tensor& x_nat, double eps,
@@ -164,9 +380,9 @@ void l1_project_cpu(at::Tensor x_adv, const at::Tensor& x_nat, double eps,
           for_each_sample<A>(n, d, [&](int64_t i, Scratch<A>& scratch) {
             scalar_t* a = pa + i * d;
             const scalar_t* x0 = pn + i * d;
-            auto delta = [&](int64_t j) { return static_cast<A>(a[j]) - static_cast<A>(x0[j]); };
-            l1_project_sample<scalar_t, A>(a, x0, d, static_cast<double>(e[i]), A(lo), A(hi), delta,
-                                           scratch.live);
+            l1_differences(a, x0, d, scratch.v.data());
+            l1_project_sample<scalar_t, A>(a, x0, d, static_cast<double>(e[i]), A(lo), A(hi),
+                                           scratch);
           });
         });
       });
@@ -193,18 +409,9 @@ void l1_step_cpu(at::Tensor x_adv, const at::Tensor& x_nat, const at::Tensor& gr
           for_each_sample<A>(n, d, [&](int64_t i, Scratch<A>& scratch) {
             scalar_t* a = pa + i * d;
             const scalar_t *x0 = pn + i * d, *gi = pg + i * d;
-            const auto [size, kth] =
-                l1_sparse_step<scalar_t, A>(a, gi, d, a_[i], s[i], A(lo), A(hi), scratch);
-            const std::vector<A>& mags = scratch.mags;
-            // The moved point minus x_nat, recomputed in both passes of the projection.
-            auto delta = [&](int64_t j) {
-              const bool kept = mags[j] >= kth && mags[j] > A(0);
-              const A gj = finite_or_zero(static_cast<A>(gi[j]));
-              const A moved = static_cast<A>(a[j]) + (kept ? std::copysign(size, gj) : A(0));
-              return moved - static_cast<A>(x0[j]);
-            };
-            l1_project_sample<scalar_t, A>(a, x0, d, static_cast<double>(e[i]), A(lo), A(hi), delta,
-                                           scratch.live);
+            l1_sparse_step<scalar_t, A>(a, x0, gi, d, a_[i], s[i], A(lo), A(hi), scratch);
+            l1_project_sample<scalar_t, A>(a, x0, d, static_cast<double>(e[i]), A(lo), A(hi),
+                                           scratch);
           });
         });
       });
